@@ -1,0 +1,5 @@
+import sys
+
+from qponder.cli import main
+
+sys.exit(main())

@@ -1,0 +1,443 @@
+"""Loading Qwen-VL models and processors (real checkpoints, hub ids, LoRA adapters) and building tiny test models.
+
+One code path serves a 0.3M-parameter CPU test model and Qwen2.5-VL-7B on a GPU:
+
+* ``load_model_and_processor(path_or_id, ...)`` reads the family from the checkpoint's ``config.json``, picks the
+  processor backend, and stacks a PEFT adapter on its base when the folder is an adapter.
+* The stock Qwen-VL processors need a torchvision-backed video processor. The PyPI torchvision wheel is a CUDA build
+  that breaks beside CPU torch, so without a working torchvision we use *image-only* processor subclasses that drop
+  the ``video_processor`` attribute (no video input; images are processed by the same Qwen2-VL image processor).
+* ``build_tiny_model(out_dir, ...)`` makes a randomly initialised model with a locally trained byte-level BPE
+  tokenizer carrying the Qwen special tokens, the real chat template, and a small image-pixel budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qponder.errors import QponderError
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+# Qwen special tokens, in the order of the real Qwen2/2.5/3-VL vocab tail.
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+# Real Qwen tokenizers carry these as added (non-special) tokens.
+QWEN_ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>", "<answer>", "</answer>"]
+
+
+@dataclass(frozen=True)
+class TinySize:
+    hidden: int
+    layers: int
+    vision_depth: int
+    vision_hidden: int
+    max_image_tokens: int  # merged vision tokens per image (pixel budget)
+    vocab: int
+
+
+TINY_SIZES = {
+    # ~0.3M params: tests and quick checks.
+    "tiny": TinySize(hidden=64, layers=2, vision_depth=2, vision_hidden=32, max_image_tokens=16, vocab=1024),
+    # a few million params: the demo and the learning-curve benchmark.
+    "small": TinySize(hidden=256, layers=4, vision_depth=4, vision_hidden=128, max_image_tokens=64, vocab=2048),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image-only processors (no torchvision needed)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _image_only_classes() -> dict[str, tuple[type, type]]:
+    """family -> (config class, image-only processor class); defined lazily so importing qponder stays cheap."""
+    global _IMAGE_ONLY
+    if _IMAGE_ONLY is not None:
+        return _IMAGE_ONLY
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLProcessor,
+        Qwen2VLConfig,
+        Qwen2VLProcessor,
+        Qwen3VLConfig,
+        Qwen3VLProcessor,
+    )
+
+    def make(base: type, name: str) -> type:
+        # ProcessorMixin derives its attribute list from __init__'s signature, so leaving `video_processor` out of
+        # the signature is what makes the class loadable without a video processor.
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            base.__init__(self, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                          chat_template=chat_template, **kwargs)
+
+        return type(name, (base,), {"__init__": __init__, "__module__": __name__})
+
+    _IMAGE_ONLY = {
+        "qwen2_vl": (Qwen2VLConfig, make(Qwen2VLProcessor, "Qwen2VLImageOnlyProcessor")),
+        "qwen2_5_vl": (Qwen2_5_VLConfig, make(Qwen2_5_VLProcessor, "Qwen2_5_VLImageOnlyProcessor")),
+        "qwen3_vl": (Qwen3VLConfig, make(Qwen3VLProcessor, "Qwen3VLImageOnlyProcessor")),
+    }
+    from transformers import AutoProcessor
+
+    for cfg_cls, proc_cls in _IMAGE_ONLY.values():
+        AutoProcessor.register(cfg_cls, proc_cls, exist_ok=True)
+    return _IMAGE_ONLY
+
+
+_IMAGE_ONLY: dict[str, tuple[type, type]] | None = None
+
+
+def torchvision_works() -> bool:
+    """True when torchvision imports cleanly (GPU machines); False on CPU boxes with the CUDA-only wheel."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # the CUDA wheel beside CPU torch raises RuntimeError at import
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise QponderError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def detect_family(config: dict, where: str = "") -> str:
+    """Map a config's ``model_type`` to one of FAMILIES."""
+    mt = config.get("model_type", "")
+    aliases = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl",
+               "qwen3_vl_moe": "qwen3_vl"}
+    if mt in aliases:
+        return aliases[mt]
+    raise QponderError(
+        f"{where or 'model'}: unsupported model_type {mt!r}; qponder supports {', '.join(FAMILIES)}"
+    )
+
+
+def _check_family(family: str | None) -> None:
+    if family is not None and family not in FAMILIES:
+        raise QponderError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise QponderError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def load_processor(path_or_id: str | os.PathLike, family: str | None = None, *, backend: str = "auto",
+                   padding_side: str = "left", min_pixels: int | None = None, max_pixels: int | None = None):
+    """Load a Qwen-VL processor. ``backend``: ``auto`` (stock when torchvision works), ``stock`` or ``image-only``."""
+    _check_family(family)
+    if backend not in ("auto", "stock", "image-only"):
+        raise QponderError(f"unknown processor backend {backend!r}; use auto, stock or image-only")
+    path = str(path_or_id)
+    if family is None:
+        family = _family_of(path)
+    use_stock = backend == "stock" or (backend == "auto" and torchvision_works())
+    try:
+        if use_stock:
+            from transformers import AutoProcessor
+
+            proc = AutoProcessor.from_pretrained(path)
+        else:
+            proc_cls = _image_only_classes()[family][1]
+            proc = proc_cls.from_pretrained(path)
+    except QponderError:
+        raise
+    except Exception as e:
+        raise QponderError(f"could not load the processor from {path!r}: {type(e).__name__}: {e}") from e
+    proc.tokenizer.padding_side = padding_side
+    if min_pixels is not None or max_pixels is not None:
+        set_pixel_budget(proc, min_pixels=min_pixels, max_pixels=max_pixels)
+    return proc
+
+
+def set_pixel_budget(processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+    """Set the image processor's pixel budget (Qwen-VL's min_pixels / max_pixels)."""
+    ip = processor.image_processor
+    size = dict(getattr(ip, "size", None) or {})
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+        if hasattr(ip, "min_pixels"):
+            ip.min_pixels = int(min_pixels)
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+        if hasattr(ip, "max_pixels"):
+            ip.max_pixels = int(max_pixels)
+    ip.size = size
+
+
+def _local_dir(path: str) -> Path | None:
+    p = Path(path).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise QponderError(f"{p}: expected a model folder, found a file")
+        return p
+    # Looks like a path (absolute, ./, ../ or more than one slash) but is missing: say so instead of asking the hub.
+    if path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep in path and os.sep != "/":
+        raise QponderError(f"{path}: model folder does not exist")
+    return None
+
+
+def _family_of(path: str) -> str:
+    local = _local_dir(path)
+    if local is not None:
+        cfg_file = local / "config.json"
+        if not cfg_file.exists():
+            adapter = local / "adapter_config.json"
+            if adapter.exists():
+                base = _read_json(adapter).get("base_model_name_or_path")
+                if not base:
+                    raise QponderError(f"{adapter}: no base_model_name_or_path; pass the base model explicitly")
+                return _family_of(base)
+            raise QponderError(f"{local}: no config.json (not a transformers model folder)")
+        return detect_family(_read_json(cfg_file), str(cfg_file))
+    try:
+        from transformers import AutoConfig
+
+        return detect_family(AutoConfig.from_pretrained(path).to_dict(), path)
+    except QponderError:
+        raise
+    except Exception as e:
+        raise QponderError(f"{path!r} is not a local folder and could not be fetched as a hub id "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    processor: Any
+    family: str
+    path: str
+    device: str
+    is_adapter: bool = False
+
+
+def load_model_and_processor(path_or_id: str | os.PathLike, family: str | None = None, *, dtype: str = "auto",
+                             device: str = "auto", base_model: str | None = None, merge_adapter: bool = False,
+                             processor_backend: str = "auto", attn_implementation: str | None = None,
+                             padding_side: str = "left", min_pixels: int | None = None,
+                             max_pixels: int | None = None, trainable: bool = False) -> LoadedModel:
+    """Load a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint (folder or hub id) or a PEFT adapter folder.
+
+    For an adapter folder the base model comes from ``base_model`` or the adapter's ``base_model_name_or_path``;
+    with ``merge_adapter`` the LoRA weights are merged into the base (faster inference, plain model object).
+    """
+    _check_family(family)
+    path = str(path_or_id)
+    local = _local_dir(path)
+    is_adapter = bool(local and (local / "adapter_config.json").exists() and not (local / "config.json").exists())
+    base_path = path
+    if is_adapter:
+        base_path = base_model or _read_json(local / "adapter_config.json").get("base_model_name_or_path")
+        if not base_path:
+            raise QponderError(f"{local}/adapter_config.json: no base_model_name_or_path; pass base_model")
+    detected = _family_of(base_path)
+    if family is not None and family != detected:
+        raise QponderError(f"{path}: family {family!r} was requested but the checkpoint is {detected!r}")
+    family = detected
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(base_path, **kwargs)
+    except Exception as e:
+        raise QponderError(f"could not load model weights from {base_path!r}: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    if is_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(local), is_trainable=trainable)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    model.to(device)
+    if not trainable:
+        model.eval()
+        torch.set_grad_enabled(True)  # eval() does not touch grad mode; callers use inference_mode themselves
+    # The adapter folder may carry its own processor (saved by `qponder sft`); otherwise use the base's.
+    proc_src = str(local) if is_adapter and (local / "preprocessor_config.json").exists() else base_path
+    processor = load_processor(proc_src, family, backend=processor_backend, padding_side=padding_side,
+                               min_pixels=min_pixels, max_pixels=max_pixels)
+    return LoadedModel(model=model, processor=processor, family=family, path=path, device=device,
+                       is_adapter=is_adapter and not merge_adapter)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny models
+# ---------------------------------------------------------------------------------------------------------------
+
+_IQA_WORDS = (
+    "the image is sharp blurry blur soft focus detail details fine edges crisp noise noisy grain grainy clean "
+    "compression artefacts artifacts blocking ringing banding pixelated pixelation jpeg exposure exposed dark "
+    "bright overexposed underexposed highlights shadows clipped contrast flat harsh colour color colours colors "
+    "saturated desaturated washed out cast natural vivid content subject composition quality overall perceived "
+    "excellent good fair poor bad very slightly moderately severely strongly heavily mildly somewhat quite not "
+    "visible strong weak mild severe minor major little no some much with and but so which while although "
+    "because therefore overall score rate rating assessment level low high medium average acceptable pleasing "
+    "annoying distracting degraded degradation distortion distorted smooth texture textures region regions "
+    "background foreground photo photograph picture scene lighting light well reasonably clearly lacks shows "
+    "has have appears looks seems there are is of in on to a an it its this that"
+).split()
+
+
+def _tokenizer_corpus(n: int = 6000, seed: int = 0) -> list[str]:
+    """A synthetic corpus in the language the demo teacher and prompts speak, so IQA text tokenises compactly."""
+    from qponder.prompts import LEVEL_READOUT_PROMPT, LEVELS, REASONING_READOUT_PROMPT, STUDENT_PROMPT, TEACHER_PROMPTS
+
+    rnd = random.Random(seed)
+    fixed = [STUDENT_PROMPT, LEVEL_READOUT_PROMPT, REASONING_READOUT_PROMPT]
+    fixed += [t.system + "\n" + t.user for t in TEACHER_PROMPTS.values()]
+    lines = fixed * 20
+    level_words = [w for w, _ in LEVELS]
+    for _ in range(n):
+        k = rnd.randint(6, 20)
+        s = " ".join(rnd.choice(_IQA_WORDS) for _ in range(k))
+        lvl = rnd.choice(level_words)
+        lines.append(f"<think>{s.capitalize()}. The quality is{lvl}.</think>\n<answer>{rnd.uniform(1, 5):.2f}</answer>")
+        lines.append(f"The quality of the image is{lvl}")
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
+    """Byte-level BPE trained locally (no download), wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_tokenizer_corpus(seed=seed), trainer=trainer)
+    tok.add_tokens(QWEN_ADDED_TOKENS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token=None, bos_token=None, model_max_length=8192, padding_side="left",
+                                   clean_up_tokenization_spaces=False)
+
+
+def _chat_template(family: str) -> str:
+    import trl
+
+    name = "qwen3_vl.jinja" if family == "qwen3_vl" else "qwen2_5_vl.jinja"
+    # TRL ships the original Qwen templates and recognises them to swap in its assistant-mask training variants.
+    return (Path(trl.__file__).parent / "chat_templates" / name).read_text()
+
+
+def build_tiny_model(out_dir: str | os.PathLike, family: str = "qwen2_5_vl", size: str = "tiny",
+                     seed: int = 0) -> Path:
+    """Build, save and return the folder of a randomly initialised Qwen-VL model. Deterministic given ``seed``."""
+    _check_family(family)
+    if size not in TINY_SIZES:
+        raise QponderError(f"unknown tiny-model size {size!r}; choose one of {', '.join(TINY_SIZES)}")
+    import torch
+    import transformers as T
+
+    s = TINY_SIZES[size]
+    tok = build_tokenizer(s.vocab, seed=0)
+    g = tok.convert_tokens_to_ids
+    t = dict(image=g("<|image_pad|>"), video=g("<|video_pad|>"), vstart=g("<|vision_start|>"),
+             vend=g("<|vision_end|>"), eos=g("<|im_end|>"), pad=g("<|endoftext|>"))
+    vocab = ((len(tok) + 63) // 64) * 64
+    head_dim = 16
+    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
+    text = dict(vocab_size=vocab, hidden_size=s.hidden, intermediate_size=2 * s.hidden, num_hidden_layers=s.layers,
+                num_attention_heads=s.hidden // head_dim, num_key_value_heads=max(s.hidden // (2 * head_dim), 1),
+                max_position_embeddings=8192, rope_parameters=rope, bos_token_id=t["pad"], eos_token_id=t["eos"],
+                pad_token_id=t["pad"], tie_word_embeddings=False)
+    common = dict(image_token_id=t["image"], video_token_id=t["video"], vision_start_token_id=t["vstart"],
+                  vision_end_token_id=t["vend"], tie_word_embeddings=False)
+    vh = s.vision_hidden
+    heads = max(vh // 32, 2)
+    if family == "qwen2_5_vl":
+        cfg = T.Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config=dict(depth=s.vision_depth, hidden_size=vh, intermediate_size=2 * vh, num_heads=heads,
+                               out_hidden_size=s.hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                               window_size=56, fullatt_block_indexes=[s.vision_depth - 1]),
+            **common)
+        model_cls, patch = T.Qwen2_5_VLForConditionalGeneration, 14
+    elif family == "qwen2_vl":
+        cfg = T.Qwen2VLConfig(
+            text_config=text,
+            vision_config=dict(depth=s.vision_depth, embed_dim=vh, hidden_size=s.hidden, mlp_ratio=2,
+                               num_heads=heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+            **common)
+        model_cls, patch = T.Qwen2VLForConditionalGeneration, 14
+    else:
+        rope3 = dict(rope, mrope_interleaved=True)
+        cfg = T.Qwen3VLConfig(
+            text_config=dict(text, rope_parameters=rope3, head_dim=head_dim),
+            vision_config=dict(depth=s.vision_depth, hidden_size=vh, intermediate_size=2 * vh, num_heads=heads,
+                               out_hidden_size=s.hidden, patch_size=16, spatial_merge_size=2,
+                               temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0]),
+            **common)
+        model_cls, patch = T.Qwen3VLForConditionalGeneration, 16
+
+    torch.manual_seed(seed)
+    model = model_cls(cfg).to(torch.float32)
+    gc = model.generation_config
+    gc.eos_token_id, gc.pad_token_id, gc.bos_token_id = t["eos"], t["pad"], t["pad"]
+    template = _chat_template(family)
+    tok.chat_template = template
+    from transformers import Qwen2VLImageProcessorPil
+
+    merged = patch * 2
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch, temporal_patch_size=2, merge_size=2,
+        size={"shortest_edge": 4 * merged * merged, "longest_edge": s.max_image_tokens * merged * merged})
+    proc_cls = _image_only_classes()[family][1]
+    processor = proc_cls(image_processor=image_processor, tokenizer=tok, chat_template=template)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "qponder_tiny.json").write_text(json.dumps(
+        {"family": family, "size": size, "seed": seed, "note": "randomly initialised; not a trained model"},
+        indent=2) + "\n")
+    return out
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
