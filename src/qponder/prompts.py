@@ -36,8 +36,11 @@ LEVELS: tuple[tuple[str, float], ...] = (
     (" bad", 1.0),
 )
 
-#: Appended after an image (score --readout levels) so the next token is one of LEVELS.
-LEVEL_READOUT_PROMPT = "Rate the quality of the image in one word. The quality of the image is"
+#: Level read-out (score --readout levels): the user asks for one word and the assistant turn is pre-filled with
+#: LEVEL_ANSWER_PREFIX, so the next token is one of LEVELS (Q-Align / DeQA-Score style, one forward pass).
+LEVEL_QUESTION = "Rate the quality of the image in one word."
+LEVEL_ANSWER_PREFIX = "The quality of the image is"
+LEVEL_READOUT_PROMPT = LEVEL_QUESTION + " " + LEVEL_ANSWER_PREFIX
 
 #: Text-only read-out used by the `levels` consistency reader: the reasoning alone, no image.
 REASONING_READOUT_PROMPT = (

@@ -1,0 +1,145 @@
+"""Model loading: all three Qwen-VL families, tiny builder determinism, LoRA adapters, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from qponder.cli import main as cli_main
+from qponder.errors import QponderError
+from qponder.models import (
+    FAMILIES,
+    build_tiny_model,
+    count_parameters,
+    load_model_and_processor,
+    load_processor,
+)
+from qponder.prompts import LEVELS, student_messages
+
+
+def _image(w=112, h=84, color=(200, 80, 40)):
+    img = Image.new("RGB", (w, h), color)
+    for x in range(0, w, 8):
+        for y in range(h):
+            img.putpixel((x, y), (0, 0, 0))
+    return img
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_forwards_and_generates_with_an_image(tiny_model_dirs, family):
+    lm = load_model_and_processor(tiny_model_dirs[family], device="cpu")
+    assert lm.family == family
+    assert "ImageOnly" in type(lm.processor).__name__  # no torchvision on CPU boxes
+    msgs = student_messages(_image())
+    inputs = lm.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                              return_tensors="pt")
+    n_img = int((inputs["input_ids"] == lm.processor.image_token_id).sum())
+    assert n_img > 0 and inputs["pixel_values"].shape[0] == 4 * n_img
+    with torch.inference_mode():
+        out = lm.model(**inputs)
+        assert torch.isfinite(out.logits).all()
+        gen = lm.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert gen.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_tiny_model_is_deterministic_given_seed(tmp_path):
+    a = load_model_and_processor(build_tiny_model(tmp_path / "a", seed=3), device="cpu").model
+    b = load_model_and_processor(build_tiny_model(tmp_path / "b", seed=3), device="cpu").model
+    c = load_model_and_processor(build_tiny_model(tmp_path / "c", seed=4), device="cpu").model
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+    # the tokenizer is trained locally and identically too
+    ta = (tmp_path / "a" / "tokenizer.json").read_text()
+    assert ta == (tmp_path / "c" / "tokenizer.json").read_text()
+
+
+def test_tiny_tokenizer_has_qwen_tokens_and_single_token_levels(tiny_model_dir):
+    tok = load_processor(tiny_model_dir).tokenizer
+    for t in ("<|im_start|>", "<|im_end|>", "<|image_pad|>", "<|vision_start|>", "<think>", "</answer>"):
+        assert tok.convert_tokens_to_ids(t) is not None and tok.convert_tokens_to_ids(t) != tok.unk_token_id
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    for word, _ in LEVELS:
+        assert len(tok.encode(word, add_special_tokens=False)) == 1, word
+
+
+def test_small_size_is_bigger(tmp_path):
+    small = load_model_and_processor(build_tiny_model(tmp_path / "s", size="small"), device="cpu").model
+    assert 2e6 < count_parameters(small) < 1e7
+
+
+def test_lora_adapter_folder_loads_on_its_base(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = load_model_and_processor(tiny_model_dir, device="cpu").model
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False)
+    peft_model = get_peft_model(base, cfg)
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    meta = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert meta["base_model_name_or_path"] == str(tiny_model_dir)
+
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        expected = peft_model(input_ids=ids).logits
+    lm = load_model_and_processor(adapter_dir, device="cpu")
+    assert lm.is_adapter and lm.family == "qwen2_5_vl"
+    merged = load_model_and_processor(adapter_dir, device="cpu", merge_adapter=True)
+    assert not merged.is_adapter
+    with torch.inference_mode():
+        torch.testing.assert_close(lm.model(input_ids=ids).logits, expected)
+        torch.testing.assert_close(merged.model(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-4)
+        plain = load_model_and_processor(tiny_model_dir, device="cpu").model(input_ids=ids).logits
+    assert not torch.allclose(plain, expected)  # the adapter really changes the output
+
+
+def test_missing_and_corrupt_folders_give_clear_errors(tmp_path):
+    with pytest.raises(QponderError, match="does not exist"):
+        load_model_and_processor(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(QponderError, match="no config.json"):
+        load_model_and_processor(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(QponderError, match="not valid JSON"):
+        load_model_and_processor(bad)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(QponderError, match="unsupported model_type 'llama'"):
+        load_model_and_processor(other)
+
+
+def test_corrupt_weights_and_family_mismatch(tiny_model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(QponderError, match="could not load model weights"):
+        load_model_and_processor(broken)
+    with pytest.raises(QponderError, match="family 'qwen3_vl' was requested"):
+        load_model_and_processor(tiny_model_dir, family="qwen3_vl")
+    with pytest.raises(QponderError, match="unknown model family"):
+        load_model_and_processor(tiny_model_dir, family="llava")
+
+
+def test_cli_tiny_model_builds_a_folder_that_reloads_and_generates(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert cli_main(["tiny-model", str(out), "--family", "qwen2_vl"]) == 0
+    assert "untrained" in capsys.readouterr().out
+    lm = load_model_and_processor(out)
+    inputs = lm.processor.apply_chat_template(student_messages(_image()), add_generation_prompt=True,
+                                              tokenize=True, return_dict=True, return_tensors="pt")
+    gen = lm.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert gen.shape[1] == inputs["input_ids"].shape[1] + 4 or gen[0, -1] == lm.processor.tokenizer.eos_token_id
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli_main(["tiny-model", str(tmp_path / "x"), "--family", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["error: unknown model family 'nope'; choose one of qwen2_vl, qwen2_5_vl, qwen3_vl"]
