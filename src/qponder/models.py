@@ -274,7 +274,6 @@ def load_model_and_processor(path_or_id: str | os.PathLike, family: str | None =
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
 
-    import torch
     from transformers import AutoModelForImageTextToText
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
@@ -293,8 +292,7 @@ def load_model_and_processor(path_or_id: str | os.PathLike, family: str | None =
             model = model.merge_and_unload()
     model.to(device)
     if not trainable:
-        model.eval()
-        torch.set_grad_enabled(True)  # eval() does not touch grad mode; callers use inference_mode themselves
+        model.eval()  # dropout off; callers wrap forward passes in torch.inference_mode themselves
     # The adapter folder may carry its own processor (saved by `qponder sft`); otherwise use the base's.
     proc_src = str(local) if is_adapter and (local / "preprocessor_config.json").exists() else base_path
     processor = load_processor(proc_src, family, backend=processor_backend, padding_side=padding_side,

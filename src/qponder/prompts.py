@@ -48,6 +48,30 @@ REASONING_READOUT_PROMPT = (
     "Judging only from this assessment, the quality of the image is"
 )
 
+#: Judge (OpenAI-compatible) read-out for the `judge` consistency reader: the score a reasoning alone implies.
+REASONING_JUDGE_SYSTEM = (
+    "You read written assessments of image quality and say which score they imply on the 5-point scale: "
+    "5 excellent, 4 good, 3 fair, 2 poor, 1 bad. Reply with the number only."
+)
+REASONING_JUDGE_PROMPT = (
+    "Here is an assessment of an image's quality:\n{reasoning}\n\n"
+    "Judging only from this assessment, what score from 1 to 5 does it imply? Reply with the number only."
+)
+
+#: Description-quality judge (`qponder eval --judge`): Q-Bench A2-style ratings of a reasoning against its image.
+DESCRIPTION_JUDGE_SYSTEM = (
+    "You are an expert in image quality assessment reviewing a description of an image's visual quality "
+    "(sharpness, noise, artefacts, exposure, colour, content)."
+)
+DESCRIPTION_JUDGE_PROMPT = (
+    "Here is a description of this image's quality, written by a model:\n\n\"\"\"{reasoning}\"\"\"\n\n"
+    "Rate it on three criteria, each 0, 1 or 2:\n"
+    "- completeness: does it cover the quality factors that matter in this image? (0 misses most, 2 covers all)\n"
+    "- precision: are its statements about the image correct? (0 mostly wrong, 1 partly wrong, 2 correct)\n"
+    "- relevance: does it stay on visual quality rather than unrelated content? (0 off-topic, 2 fully relevant)\n"
+    'Reply with JSON only: {{"completeness": c, "precision": p, "relevance": r}}'
+)
+
 
 @dataclass(frozen=True)
 class TeacherPrompt:
