@@ -1,0 +1,180 @@
+"""GPU throughput at real model size, no weights needed: a randomly initialised Qwen2.5-VL-3B/7B-shaped model.
+
+Measures, on one GPU (H100/H200 class; < 10 minutes):
+  * generation tokens/s (HF generate, bf16, batch of B images at the Qwen2.5-VL pixel budget we train with),
+  * training tokens/s (forward + backward + AdamW step on SFT-length sequences, gradient checkpointing on),
+  * peak GPU memory of each,
+  * vLLM generation tokens/s when vLLM is installed (the model is saved to a temp folder first; --vllm).
+
+    python -m benchmarks.gpu_bench [--shape 7b|3b] [--batch 8] [--new-tokens 256] [--attn sdpa|flash_attention_2]
+                                   [--vllm] [--out bench-out/gpu.json]
+
+Random weights generate random text, so generation runs a fixed number of tokens (min_new_tokens = max_new_tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Published Qwen2.5-VL text-model shapes (config.json of the released checkpoints); the vision tower is shared.
+SHAPES = {
+    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+               num_key_value_heads=2, out_hidden_size=2048),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, out_hidden_size=3584),
+}
+VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
+              temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31])
+
+
+def build(shape: str, attn: str):
+    import torch
+    import transformers as T
+
+    from qponder.models import build_tiny_model, load_processor
+
+    tmp = Path(tempfile.mkdtemp())
+    tiny = build_tiny_model(tmp / "tok", family="qwen2_5_vl", size="tiny")  # tokenizer + processor, no download
+    proc = load_processor(tiny)
+    from qponder.models import set_pixel_budget
+
+    set_pixel_budget(proc, min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28)
+    tok = proc.tokenizer
+    s = SHAPES[shape]
+    g = tok.convert_tokens_to_ids
+    cfg = T.Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
+                         num_hidden_layers=s["num_hidden_layers"], num_attention_heads=s["num_attention_heads"],
+                         num_key_value_heads=s["num_key_value_heads"], max_position_embeddings=32768,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                          "mrope_section": [16, 24, 24]},
+                         eos_token_id=g("<|im_end|>"), pad_token_id=g("<|endoftext|>")),
+        vision_config=dict(VISION, out_hidden_size=s["out_hidden_size"]),
+        image_token_id=g("<|image_pad|>"), video_token_id=g("<|video_pad|>"),
+        vision_start_token_id=g("<|vision_start|>"), vision_end_token_id=g("<|vision_end|>"))
+    cfg._attn_implementation = attn
+    with torch.device("cuda"):
+        model = T.Qwen2_5_VLForConditionalGeneration(cfg).to(torch.bfloat16)
+    return model, proc, tmp
+
+
+def images(n: int, size=(1024, 768)):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def bench_generate(model, proc, batch: int, new_tokens: int) -> dict:
+    import torch
+
+    from qponder.prompts import student_messages
+
+    proc.tokenizer.padding_side = "left"
+    text = proc.apply_chat_template(student_messages(), tokenize=False, add_generation_prompt=True)
+    enc = proc(text=[text] * batch, images=images(batch), padding=True, return_tensors="pt").to("cuda")
+    model.eval()
+    with torch.inference_mode():
+        model.generate(**enc, max_new_tokens=8, min_new_tokens=8, do_sample=False)  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True)
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"batch": batch, "prompt_tokens": int(enc["input_ids"].shape[1]), "new_tokens": new_tokens,
+            "seconds": dt, "generated_tokens_per_s": batch * new_tokens / dt,
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def bench_train(model, proc, batch: int, target_tokens: int, steps: int = 4) -> dict:
+    import torch
+
+    from qponder.prompts import format_target, student_messages
+
+    proc.tokenizer.padding_side = "right"
+    msgs = student_messages() + [{"role": "assistant", "content": [{"type": "text", "text": format_target(
+        "The image is sharp and clean. " * (target_tokens // 8), 4.0)}]}]
+    text = proc.apply_chat_template(msgs, tokenize=False)
+    enc = proc(text=[text] * batch, images=images(batch), padding=True, return_tensors="pt").to("cuda")
+    enc["labels"] = enc["input_ids"].clone()
+    model.train()
+    model.gradient_checkpointing_enable()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = model(**enc).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    dt = sum(times[1:]) / max(len(times) - 1, 1)
+    tokens = int(enc["attention_mask"].sum())
+    return {"batch": batch, "seq_len": int(enc["input_ids"].shape[1]), "step_s": dt, "train_tokens_per_s": tokens / dt,
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def bench_vllm(model, proc, tmp: Path, batch: int, new_tokens: int) -> dict:
+    from vllm import LLM, SamplingParams
+
+    from qponder.prompts import student_messages
+
+    folder = tmp / "model"
+    model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    llm = LLM(model=str(folder), limit_mm_per_prompt={"image": 1}, gpu_memory_utilization=0.5, dtype="bfloat16")
+    text = proc.apply_chat_template(student_messages(), tokenize=False, add_generation_prompt=True)
+    reqs = [{"prompt": text, "multi_modal_data": {"image": im}} for im in images(batch)]
+    params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, temperature=1.0)
+    llm.generate(reqs[:2], SamplingParams(max_tokens=8, min_tokens=8), use_tqdm=False)
+    t0 = time.perf_counter()
+    llm.generate(reqs, params, use_tqdm=False)
+    dt = time.perf_counter() - t0
+    return {"batch": batch, "new_tokens": new_tokens, "seconds": dt, "generated_tokens_per_s": batch * new_tokens / dt}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--train-batch", type=int, default=2)
+    ap.add_argument("--train-target-tokens", type=int, default=512)
+    ap.add_argument("--attn", default="sdpa")
+    ap.add_argument("--vllm", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("bench-out/gpu.json"))
+    a = ap.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_bench needs a CUDA GPU", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    model, proc, tmp = build(a.shape, a.attn)
+    res = {"shape": a.shape, "attn": a.attn, "gpu": torch.cuda.get_device_name(0),
+           "params_b": sum(p.numel() for p in model.parameters()) / 1e9}
+    res["generate_hf"] = bench_generate(model, proc, a.batch, a.new_tokens)
+    print(json.dumps(res["generate_hf"]), flush=True)
+    res["train"] = bench_train(model, proc, a.train_batch, a.train_target_tokens)
+    print(json.dumps(res["train"]), flush=True)
+    if a.vllm:
+        res["generate_vllm"] = bench_vllm(model, proc, tmp, a.batch, a.new_tokens)
+    res["total_s"] = time.perf_counter() - t0
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

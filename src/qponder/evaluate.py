@@ -1,0 +1,174 @@
+"""`qponder eval`: score each benchmark's test split, then SRCC/KRCC/PLCC (raw and logistic)/RMSE, tables, plots.
+
+Per benchmark ``<out>/<name>/predictions.jsonl`` (one line per image: score, samples, reasoning, raw text, mos) is
+appended as images are scored, so a killed evaluation resumes where it stopped and gives the same numbers as an
+uninterrupted one (fixed batch plan, per-batch seeds; see ``qponder.infer``). Unparsable answers are excluded from
+the correlations and counted (``parse_failure_rate``), never replaced by a random score. Results: ``results.json``,
+``results.md`` (rows = benchmarks, columns = metrics, plus the unweighted mean over benchmarks) and
+``<name>/scatter.png`` (prediction vs MOS with the fitted 4-parameter logistic).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from qponder.errors import QponderError
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ["n", "n_valid", "parse_failure_rate", "srcc", "krcc", "plcc", "plcc_logistic4", "rmse"]
+
+
+@dataclass
+class EvalSettings:
+    model: str = ""
+    benchmarks: list[str] = field(default_factory=lambda: ["demo"])
+    data_root: Optional[str] = None
+    split: Optional[str] = "test"
+    max_samples: Optional[int] = None
+    out: str = "runs/eval"
+    samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    readout: str = "generate"  # generate | levels | both
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    device: str = "auto"
+    dtype: str = "auto"
+    min_pixels: Optional[int] = None
+    max_pixels: Optional[int] = None
+    seed: int = 0
+    backend: str = "auto"  # auto (vLLM when installed and a GPU is present) | hf | vllm
+    judge_url: Optional[str] = None  # OpenAI-compatible judge for description quality
+    judge_model: str = "judge"
+    judge_api_key_env: Optional[str] = None
+    judge_max_samples: Optional[int] = None
+    progress: bool = True
+
+
+def benchmark_samples(name: str, data_root: Optional[str], split: Optional[str],
+                      max_samples: Optional[int]) -> list[Any]:
+    """The samples of one benchmark's evaluation split, through the data layer (``demo`` needs no data root)."""
+    if name == "demo":
+        from qponder.data.demo import load_demo_samples
+
+        samples = load_demo_samples(split=split)
+    else:
+        from qponder.data import load_benchmark_samples
+
+        if not data_root:
+            raise QponderError(f"benchmark {name!r} needs --data-root (the folder holding the datasets)")
+        samples = load_benchmark_samples(name, data_root, split=split)
+    if not samples:
+        raise QponderError(f"benchmark {name!r} has no samples for split {split!r}")
+    if max_samples:
+        samples = samples[:max_samples]
+    return samples
+
+
+def _safe_dirname(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
+    """Run the evaluation; returns ``{benchmark: metrics}`` and writes the files described in the module doc."""
+    from qponder.infer import QualityScorer, score_files
+    from qponder.io import read_jsonl, write_json_atomic, write_text_atomic
+    from qponder.metrics import summarize
+    from qponder.report import markdown_table, scatter_plot
+
+    if not cfg.benchmarks:
+        raise QponderError("no benchmarks given")
+    if cfg.samples > 1 and cfg.temperature <= 0:
+        raise QponderError("samples > 1 needs temperature > 0")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic({k: v for k, v in asdict(cfg).items()}, out / "eval_config.json")
+    # Resolve every benchmark before loading the model: a wrong path fails in a second, not after the first set.
+    per_bench = {b: benchmark_samples(b, cfg.data_root, cfg.split, cfg.max_samples) for b in cfg.benchmarks}
+    if scorer is None:
+        scorer = make_scorer(cfg)
+    results: dict[str, dict] = {}
+    for bench, samples in per_bench.items():
+        bdir = out / _safe_dirname(bench)
+        bdir.mkdir(parents=True, exist_ok=True)
+        pred_file = bdir / "predictions.jsonl"
+        t0 = time.time()
+        extra = [{"image_id": s.image_id, "mos": s.mos_norm, "mos_native": s.mos, "dataset": bench,
+                  "path": s.image} for s in samples]
+        stats = score_files(scorer, [s.image for s in samples], out_path=str(pred_file),
+                            names=[s.image_id for s in samples], samples=cfg.samples, readout=cfg.readout,
+                            temperature=cfg.temperature, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                            extra=extra, progress=cfg.progress)
+        records = {r["image"]: r for r in read_jsonl(pred_file) if not r.get("error")}
+        wanted = [s.image_id for s in samples]
+        missing = [w for w in wanted if w not in records]
+        if missing:
+            log.warning("%s: %d image(s) could not be scored (unreadable); they count as failures", bench,
+                        len(missing))
+        preds = [records[w]["score"] if w in records else None for w in wanted]
+        mos = [s.mos_norm for s in samples]
+        summary = summarize(preds, mos)
+        lengths = [len(records[w]["raw"][0]) for w in wanted if w in records and records[w].get("raw")]
+        summary["mean_output_chars"] = (sum(lengths) / len(lengths)) if lengths else None
+        if cfg.readout == "both":
+            summary["levels"] = summarize([records[w].get("levels_score") if w in records else None
+                                           for w in wanted], mos)
+        summary["seconds"] = round(time.time() - t0, 2)
+        summary["scored_now"] = stats.scored
+        if cfg.judge_url:
+            from qponder.judge import judge_descriptions
+
+            summary["description"] = judge_descriptions(
+                [records[w] for w in wanted if w in records], bdir / "judgements.jsonl", url=cfg.judge_url,
+                model=cfg.judge_model, api_key_env=cfg.judge_api_key_env, max_samples=cfg.judge_max_samples)
+        results[bench] = summary
+        valid = [(p, m) for p, m in zip(preds, mos) if p is not None and math.isfinite(p)]
+        scatter_plot([p for p, _ in valid], [m for _, m in valid], bdir / "scatter.png",
+                     title=f"{bench}: predicted vs MOS (n={len(valid)}/{len(preds)})")
+        write_json_atomic(summary, bdir / "metrics.json")
+    write_json_atomic({"model": scorer.model_name, "split": cfg.split, "readout": cfg.readout,
+                       "samples": cfg.samples, "temperature": cfg.temperature, "results": results},
+                      out / "results.json")
+    table = markdown_table(results, columns=METRIC_COLUMNS)
+    header = (f"# Evaluation of `{scorer.model_name}`\n\nsplit: {cfg.split}, readout: {cfg.readout}, samples: "
+              f"{cfg.samples}, temperature: {cfg.temperature}. SRCC/KRCC/PLCC exclude unparsable answers "
+              f"(counted in parse_failure_rate); plcc_logistic4 is PLCC after the VQEG 4-parameter logistic fit; "
+              f"RMSE on the 1-5 scale.\n\n")
+    write_text_atomic(header + table + "\n", out / "results.md")
+    return results
+
+
+def make_scorer(cfg: EvalSettings):
+    """HF generate by default; vLLM when asked for (or auto with vLLM installed and a GPU present)."""
+    from qponder.infer import QualityScorer
+
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "vllm" if _vllm_usable() else "hf"
+    if backend == "vllm":
+        from qponder.infer_vllm import VLLMScorer
+
+        return VLLMScorer(cfg.model, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                          top_p=cfg.top_p, batch_size=max(cfg.batch_size, 64), seed=cfg.seed,
+                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    if backend != "hf":
+        raise QponderError(f"unknown backend {cfg.backend!r}; use auto, hf or vllm")
+    return QualityScorer(cfg.model, device=cfg.device, dtype=cfg.dtype, max_new_tokens=cfg.max_new_tokens,
+                         temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
+                         min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+
+
+def _vllm_usable() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()

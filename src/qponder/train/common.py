@@ -1,0 +1,214 @@
+"""What SFT and GRPO share: settings blocks, model preparation (LoRA, freezing), logging callbacks, resume, export.
+
+Both stages run on TRL's trainers (SFTTrainer / GRPOTrainer) through ``transformers.Trainer``, which saves the model,
+optimizer, scheduler, RNG states and the data position in each ``checkpoint-N``; ``resume: true`` continues from the
+newest one after a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from qponder.errors import QponderError
+
+log = logging.getLogger(__name__)
+
+#: LoRA on the language model's attention and MLP projections only (the vision tower keeps its weights).
+DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = False
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: str = DEFAULT_LORA_TARGETS
+
+
+@dataclass
+class OptimSettings:
+    learning_rate: float = 1e-4
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 4  # per device
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0  # fraction of total steps (transformers: warmup_steps < 1)
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class RunSettings:
+    output_dir: str = "runs/stage"
+    seed: int = 0
+    bf16: bool = False  # TRL defaults to bf16=True; on CPU float32 is faster and exact
+    gradient_checkpointing: bool = False
+    logging_steps: int = 5
+    save_steps: int = 50
+    save_total_limit: int = 2
+    resume: bool = True  # continue from the newest checkpoint-N in output_dir
+    report_to: str = "none"  # none | tensorboard | wandb ...
+    deepspeed: Optional[str] = None  # path to a DeepSpeed JSON (see recipes/accelerate/)
+    dataloader_num_workers: int = 0
+
+
+@dataclass
+class ModelSettings:
+    path: str = ""  # checkpoint folder or hub id (the SFT output for GRPO)
+    dtype: str = "auto"
+    attn_implementation: Optional[str] = None  # sdpa (default) | eager | flash_attention_2
+    freeze_vision: bool = False
+    freeze_merger: bool = False
+    min_pixels: Optional[int] = None
+    max_pixels: Optional[int] = None
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+def lora_config(s: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, task_type="CAUSAL_LM",
+                      target_modules=s.target_modules)
+
+
+def freeze_parts(model, freeze_vision: bool, freeze_merger: bool) -> dict[str, int]:
+    """Freeze the vision encoder blocks and/or the vision->language merger. Returns counts of frozen tensors."""
+    frozen = {"vision": 0, "merger": 0}
+    for name, p in model.named_parameters():
+        if "visual" not in name:
+            continue
+        is_merger = ".merger." in name or name.endswith("merger")
+        if is_merger and freeze_merger:
+            p.requires_grad_(False)
+            frozen["merger"] += 1
+        elif not is_merger and freeze_vision:
+            p.requires_grad_(False)
+            frozen["vision"] += 1
+    if (freeze_vision and not frozen["vision"]) or (freeze_merger and not frozen["merger"]):
+        raise QponderError("could not find the vision tower / merger parameters to freeze in this model")
+    return frozen
+
+
+def load_for_training(ms: ModelSettings):
+    """Model + processor for a trainer (no adapter merge: an adapter folder keeps training as an adapter)."""
+    from qponder.models import load_model_and_processor
+
+    if not ms.path:
+        raise QponderError("model.path is empty: set it in the recipe or with --set model.path=DIR")
+    lm = load_model_and_processor(ms.path, dtype=ms.dtype, device="cpu", attn_implementation=ms.attn_implementation,
+                                  min_pixels=ms.min_pixels, max_pixels=ms.max_pixels, trainable=True,
+                                  padding_side="left")
+    lm.model.train()
+    if ms.freeze_vision or ms.freeze_merger:
+        freeze_parts(lm.model, ms.freeze_vision, ms.freeze_merger)
+    return lm
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    d = Path(output_dir)
+    if not d.is_dir():
+        return None
+    return get_last_checkpoint(str(d))
+
+
+def trainer_common_kwargs(run: RunSettings, opt: OptimSettings) -> dict[str, Any]:
+    """Arguments shared by SFTConfig and GRPOConfig."""
+    import torch
+
+    use_cpu = not torch.cuda.is_available()
+    kw: dict[str, Any] = dict(
+        output_dir=run.output_dir, seed=run.seed, data_seed=run.seed, bf16=run.bf16,
+        gradient_checkpointing=run.gradient_checkpointing, logging_steps=run.logging_steps,
+        save_strategy="steps", save_steps=run.save_steps, save_total_limit=run.save_total_limit,
+        report_to=run.report_to, learning_rate=opt.learning_rate, num_train_epochs=opt.epochs,
+        max_steps=opt.max_steps, per_device_train_batch_size=opt.batch_size,
+        gradient_accumulation_steps=opt.grad_accum, warmup_steps=opt.warmup_ratio, weight_decay=opt.weight_decay,
+        lr_scheduler_type=opt.lr_scheduler, max_grad_norm=opt.max_grad_norm, use_cpu=use_cpu,
+        dataloader_num_workers=run.dataloader_num_workers, logging_first_step=True, disable_tqdm=False,
+    )
+    if run.deepspeed:
+        kw["deepspeed"] = run.deepspeed
+    return kw
+
+
+class JsonlLogCallback:
+    """Appends every Trainer log dict (step, loss, rewards, ...) to ``<output_dir>/log.jsonl`` for plots/reports."""
+
+    def __new__(cls, path: str | Path):
+        from transformers import TrainerCallback
+
+        class _CB(TrainerCallback):
+            def __init__(self, p: Path):
+                self.path = p
+                self.t0 = time.time()
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if not state.is_world_process_zero or not logs:
+                    return
+                rec = {"step": state.global_step, "time_s": round(time.time() - self.t0, 3)}
+                rec.update({k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+                            for k, v in logs.items() if isinstance(v, (int, float, str))})
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+
+        return _CB(Path(path))
+
+
+def read_log(output_dir: str | Path) -> list[dict]:
+    p = Path(output_dir) / "log.jsonl"
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    return out
+
+
+def save_final(trainer, processor, output_dir: str | Path, is_peft: bool, merge_lora: bool) -> dict[str, str]:
+    """Write ``final/`` (full model, or the LoRA adapter) and, for LoRA with ``merge_lora``, ``merged/``.
+
+    Both folders carry the processor so ``qponder score --model DIR`` loads them directly.
+    """
+    out = Path(output_dir)
+    paths: dict[str, str] = {}
+    if not trainer.accelerator.is_main_process:
+        return paths
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    final = out / "final"
+    model.save_pretrained(final)
+    processor.save_pretrained(final)
+    paths["final"] = str(final)
+    if is_peft and merge_lora:
+        merged = out / "merged"
+        model.merge_and_unload().save_pretrained(merged)
+        processor.save_pretrained(merged)
+        paths["merged"] = str(merged)
+    return paths
+
+
+def finish_distributed() -> None:
+    """Clean gloo/NCCL shutdown: without it a rank can abort at interpreter exit after training finished."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def world_rank() -> int:
+    return int(os.environ.get("RANK", "0"))

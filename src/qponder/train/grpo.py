@@ -1,0 +1,187 @@
+"""Stage 2: GRPO with the reward library (format, accuracy, consistency, ...) on TRL's GRPOTrainer."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from qponder.config import save_config
+from qponder.errors import QponderError
+from qponder.train.common import (
+    JsonlLogCallback,
+    ModelSettings,
+    OptimSettings,
+    RunSettings,
+    finish_distributed,
+    last_checkpoint,
+    load_for_training,
+    lora_config,
+    save_final,
+    trainer_common_kwargs,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardSpec:
+    name: str = "accuracy"
+    weight: float = 1.0
+    params: dict = field(default_factory=dict)
+
+
+def _default_rewards() -> list[RewardSpec]:
+    # Q-Ponder's reading: format + accuracy + consistency (gated on format inside `consistency`'s use here).
+    return [RewardSpec("format", 0.5), RewardSpec("accuracy", 1.0), RewardSpec("consistency", 0.5)]
+
+
+@dataclass
+class GenerationSettings:
+    num_generations: int = 4  # group size G
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"  # colocate | server
+    vllm_gpu_memory_utilization: float = 0.3
+
+
+@dataclass
+class GRPOSettings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: str = "demo"  # demo | sft.jsonl from distill | a manifest (csv/json/jsonl, pyiqa / DeQA / plain)
+    data_root: Optional[str] = None
+    dataset: str = "custom"
+    split: Optional[str] = "train"
+    max_samples: Optional[int] = None
+    rewards: list[RewardSpec] = field(default_factory=_default_rewards)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    beta: float = 0.0  # KL coefficient; > 0 loads a reference model
+    epsilon: float = 0.2  # PPO clip
+    loss_type: str = "dapo"  # grpo | dr_grpo | dapo | bnpo | ...
+    scale_rewards: str = "group"  # group | batch | none
+    num_iterations: int = 1
+    mask_truncated_completions: bool = False
+    log_completions_every: int = 10  # write sample completions to completions.jsonl every N steps (0 = never)
+    merge_lora: bool = True
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(learning_rate=1e-6))
+    run: RunSettings = field(default_factory=lambda: RunSettings(output_dir="runs/grpo"))
+
+
+def load_grpo_samples(cfg: GRPOSettings) -> list[dict]:
+    """Rows with image path, normalised MOS and image_id, from the demo, distilled records or a manifest."""
+    data = cfg.data
+    if data == "demo":
+        from qponder.data.demo import load_demo_samples
+
+        samples = [s.to_dict() for s in load_demo_samples(split=cfg.split)]
+    elif data.endswith(".jsonl") and Path(data).exists() and _looks_like_sft(data):
+        from qponder.train.data import read_sft_records
+
+        samples = [{"image": r["image"], "mos": r.get("mos"), "image_id": r.get("image_id") or r["image"]}
+                   for r in read_sft_records(data) if cfg.split is None or r.get("split") in (None, cfg.split)]
+    else:
+        from qponder.data import load_samples
+
+        samples = [s.to_dict() for s in load_samples(data, cfg.data_root, dataset=cfg.dataset, split=cfg.split)]
+    rows = []
+    for s in samples:
+        mos = s.get("mos_norm", s.get("mos"))
+        rows.append({"image": s["image"], "mos": mos, "image_id": s["image_id"]})
+    if cfg.max_samples:
+        rows = rows[: cfg.max_samples]
+    if not rows:
+        raise QponderError(f"no GRPO training samples in {data!r} (split {cfg.split!r})")
+    return rows
+
+
+def _looks_like_sft(path: str) -> bool:
+    with open(path) as f:
+        first = f.readline()
+    try:
+        return "target" in json.loads(first)
+    except json.JSONDecodeError:
+        return False
+
+
+def _with_completion_log(func, path: Path, every: int):
+    """Wrap a reward function so it also writes the group's completions to a JSONL file every ``every`` steps."""
+    last = {"step": -1}
+
+    @functools.wraps(func)
+    def wrapped(prompts, completions, **kwargs):
+        rewards = func(prompts, completions, **kwargs)
+        state = kwargs.get("trainer_state")
+        step = getattr(state, "global_step", 0)
+        if every and step % every == 0 and step != last["step"] and getattr(state, "is_world_process_zero", True):
+            last["step"] = step
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            with open(path, "a") as f:
+                for i, t in enumerate(texts):
+                    f.write(json.dumps({"step": step, "image_id": kwargs.get("image_id", [None] * len(texts))[i],
+                                        "mos": kwargs.get("mos", [None] * len(texts))[i], "completion": t,
+                                        func.__name__: rewards[i]}) + "\n")
+        return rewards
+
+    return wrapped
+
+
+def build_rewards(specs: list[RewardSpec], out: Path, every: int) -> tuple[list[Any], list[float]]:
+    from qponder.rewards import build_reward_funcs
+
+    if not specs:
+        raise QponderError("rewards is empty: GRPO needs at least one reward")
+    funcs, weights = build_reward_funcs([{"name": s.name, "weight": s.weight, "params": s.params} for s in specs])
+    funcs = list(funcs)
+    funcs[0] = _with_completion_log(funcs[0], out / "completions.jsonl", every)
+    return funcs, list(weights)
+
+
+def run_grpo(cfg: GRPOSettings, callbacks: list | None = None) -> dict:
+    """Train; ``callbacks`` are extra TrainerCallbacks (benchmarks time steps with one)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from qponder.train.data import grpo_dataset
+
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = load_grpo_samples(cfg)
+    save_config(cfg, out / "grpo_config.yaml")
+    g = cfg.generation
+    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    gen_batch = cfg.optim.batch_size * world * cfg.optim.grad_accum
+    if gen_batch % g.num_generations:
+        raise QponderError(
+            f"batch_size x processes x grad_accum = {gen_batch} must be divisible by generation.num_generations "
+            f"= {g.num_generations}")
+    lm = load_for_training(cfg.model)
+    funcs, weights = build_rewards(cfg.rewards, out, cfg.log_completions_every)
+    kw = dict(
+        num_generations=g.num_generations, max_completion_length=g.max_completion_length,
+        temperature=g.temperature, top_p=g.top_p, use_vllm=g.use_vllm, beta=cfg.beta, epsilon=cfg.epsilon,
+        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, num_iterations=cfg.num_iterations,
+        mask_truncated_completions=cfg.mask_truncated_completions, reward_weights=weights,
+        remove_unused_columns=False, log_completions=False,
+    )
+    if g.use_vllm:
+        kw.update(vllm_mode=g.vllm_mode, vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization)
+    args = GRPOConfig(**trainer_common_kwargs(cfg.run, cfg.optim), **kw)
+    lm.processor.tokenizer.padding_side = "left"
+    train_ds = grpo_dataset(samples, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+    peft_cfg = lora_config(cfg.model.lora) if cfg.model.lora.enabled and not lm.is_adapter else None
+    trainer = GRPOTrainer(model=lm.model, reward_funcs=funcs, args=args, train_dataset=train_ds,
+                          processing_class=lm.processor, peft_config=peft_cfg,
+                          callbacks=[JsonlLogCallback(out / "log.jsonl"), *(callbacks or [])])
+    resume = last_checkpoint(out) if cfg.run.resume else None
+    if resume:
+        log.warning("resuming GRPO from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    is_peft = peft_cfg is not None or lm.is_adapter
+    paths = save_final(trainer, lm.processor, out, is_peft=is_peft, merge_lora=cfg.merge_lora)
+    finish_distributed()
+    return {"paths": paths, "global_step": result.global_step, "train_loss": result.training_loss,
+            "resumed_from": resume, "n_samples": len(samples)}

@@ -1,0 +1,73 @@
+"""Stage 1: supervised fine-tuning on distilled reasoning (cross-entropy on the assistant turn only)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from qponder.config import save_config
+from qponder.errors import QponderError
+from qponder.train.common import (
+    JsonlLogCallback,
+    ModelSettings,
+    OptimSettings,
+    RunSettings,
+    finish_distributed,
+    last_checkpoint,
+    load_for_training,
+    lora_config,
+    save_final,
+    trainer_common_kwargs,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTSettings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: str = ""  # sft.jsonl written by `qponder distill`
+    max_samples: Optional[int] = None
+    assistant_only_loss: bool = True
+    merge_lora: bool = True  # also export a merged model next to the adapter
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    run: RunSettings = field(default_factory=lambda: RunSettings(output_dir="runs/sft"))
+
+
+def run_sft(cfg: SFTSettings, callbacks: list | None = None) -> dict:
+    """Train; returns paths and the final training metrics. Resumes from the newest checkpoint when asked."""
+    from trl import SFTConfig, SFTTrainer
+
+    from qponder.train.data import read_sft_records, sft_dataset
+
+    if not cfg.data:
+        raise QponderError("data is empty: point it at the sft.jsonl written by `qponder distill`")
+    records = read_sft_records(cfg.data)
+    if cfg.max_samples:
+        records = records[: cfg.max_samples]
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "sft_config.yaml")
+
+    lm = load_for_training(cfg.model)
+    train_ds = sft_dataset(records, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+    args = SFTConfig(
+        **trainer_common_kwargs(cfg.run, cfg.optim),
+        max_length=None,  # never truncate: a cut would drop image tokens or the answer
+        assistant_only_loss=cfg.assistant_only_loss,
+        remove_unused_columns=False,
+    )
+    peft_cfg = lora_config(cfg.model.lora) if cfg.model.lora.enabled and not lm.is_adapter else None
+    trainer = SFTTrainer(model=lm.model, args=args, train_dataset=train_ds, processing_class=lm.processor,
+                         peft_config=peft_cfg, callbacks=[JsonlLogCallback(out / "log.jsonl"), *(callbacks or [])])
+    resume = last_checkpoint(out) if cfg.run.resume else None
+    if resume:
+        log.warning("resuming SFT from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    is_peft = peft_cfg is not None or lm.is_adapter
+    paths = save_final(trainer, lm.processor, out, is_peft=is_peft, merge_lora=cfg.merge_lora)
+    finish_distributed()
+    return {"paths": paths, "global_step": result.global_step, "train_loss": result.training_loss,
+            "resumed_from": resume, "n_records": len(records)}
