@@ -29,7 +29,7 @@ class EvalSettings:
     model: str = ""
     benchmarks: list[str] = field(default_factory=lambda: ["demo"])
     data_root: Optional[str] = None
-    split: Optional[str] = "test"
+    split: Optional[str] = "default"  # default: each benchmark's test split (KonIQ official test; whole set elsewhere)
     max_samples: Optional[int] = None
     out: str = "runs/eval"
     samples: int = 1
@@ -57,18 +57,39 @@ def benchmark_samples(name: str, data_root: Optional[str], split: Optional[str],
     if name == "demo":
         from qponder.data.demo import load_demo_samples
 
-        samples = load_demo_samples(split=split)
+        samples = load_demo_samples(split="test" if split == "default" else split)
     else:
-        from qponder.data import load_benchmark_samples
+        from qponder.data import load_benchmark
 
         if not data_root:
             raise QponderError(f"benchmark {name!r} needs --data-root (the folder holding the datasets)")
-        samples = load_benchmark_samples(name, data_root, split=split)
+        samples = load_benchmark(name, data_root, split=split)
     if not samples:
         raise QponderError(f"benchmark {name!r} has no samples for split {split!r}")
     if max_samples:
         samples = samples[:max_samples]
     return samples
+
+
+def expand_benchmarks(spec: str | list[str]) -> list[str]:
+    """``"protocol-a"`` -> the protocol's test sets; names/aliases -> registry names; ``demo`` stays as it is."""
+    from qponder.data import get_benchmark, get_protocol
+
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        if item.lower() == "demo":
+            names = ["demo"]
+        elif item.lower().replace("_", "-").startswith("protocol"):
+            names = list(get_protocol(item.lower().replace("protocol", "").strip("-_ ")).test)
+        else:
+            names = [get_benchmark(item).name]
+        out += [n for n in names if n not in out]
+    if not out:
+        raise QponderError(f"no benchmarks in {spec!r}")
+    return out
 
 
 def _safe_dirname(name: str) -> str:

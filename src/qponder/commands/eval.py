@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
                   "batch_size": batch_size, "backend": backend, "judge_url": judge}
         overrides = list(set_ or []) + [f"{k}={v}" for k, v in fields.items() if v is not None]
         if benchmarks:
-            from qponder.data import expand_benchmarks
+            from qponder.evaluate import expand_benchmarks
 
             overrides.append("benchmarks=[" + ",".join(expand_benchmarks(benchmarks)) + "]")
         cfg = load_config(EvalSettings, config, overrides)

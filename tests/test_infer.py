@@ -1,0 +1,146 @@
+"""Inference: batching == one-by-one, level read-out, N-sample means, `qponder score` resume and bad files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from qponder.cli import main as cli_main
+from qponder.errors import QponderError
+from qponder.infer import (
+    QualityScorer,
+    batch_plan,
+    expand_image_paths,
+    expected_level_score,
+    level_token_ids,
+    mean_and_std,
+)
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model_dir):
+    return QualityScorer(str(tiny_model_dir), device="cpu", max_new_tokens=12, batch_size=4)
+
+
+def _images(n):
+    return [Image.new("RGB", (56 + 28 * (i % 3), 84), (40 * i % 255, 120, 200 - 10 * i)) for i in range(n)]
+
+
+def test_mean_and_std_ignore_unparsable():
+    assert mean_and_std([None, None]) == (None, None)
+    m, s = mean_and_std([2.0, None, 4.0])
+    assert m == 3.0 and s == 1.0  # population std
+
+
+def test_batch_plan_sorts_by_size_and_covers_everything():
+    plan = batch_plan([30, 10, 20, 10, 40], 2)
+    assert plan == [[1, 3], [2, 0], [4]]
+    assert sorted(i for b in plan for i in b) == list(range(5))
+    with pytest.raises(QponderError):
+        batch_plan([1], 0)
+
+
+def test_expected_level_score_is_the_probability_weighted_mean():
+    logits = torch.full((1, 10), -1e9)
+    ids = [1, 2, 3, 4, 5]  # excellent, good, fair, poor, bad
+    logits[0, 2] = 0.0
+    logits[0, 3] = 0.0  # good and fair equally likely -> 3.5
+    assert expected_level_score(logits, ids) == pytest.approx([3.5])
+
+
+def test_batched_generation_equals_one_by_one(scorer):
+    imgs = _images(3)
+    batched = scorer.generate(imgs, seed=0)
+    single = [scorer.generate([im], seed=0)[0] for im in imgs]
+    assert batched == single
+
+
+def test_level_scores_are_in_range_and_batch_invariant(scorer):
+    imgs = _images(3)
+    together = scorer.level_scores(imgs)
+    alone = [scorer.level_scores([im])[0] for im in imgs]
+    assert all(1.0 <= s <= 5.0 for s in together)
+    assert together == pytest.approx(alone, abs=1e-5)
+    after = scorer.level_scores(imgs, reasonings=["The image is sharp.", None, "Very blurry."])
+    assert all(1.0 <= s <= 5.0 for s in after)
+
+
+def test_level_token_ids_are_distinct(scorer):
+    ids = level_token_ids(scorer.processor.tokenizer)
+    assert len(set(ids)) == 5
+
+
+def test_samples_give_a_mean_and_spread(scorer):
+    res = scorer.score_batch(_images(2), ["a", "b"], samples=3, temperature=1.0, readout="both")
+    for r in res:
+        assert len(r.raw) == 3 and len(r.scores) == 3 and len(r.format_ok) == 3
+        valid = [s for s in r.scores if s is not None]
+        if valid:
+            assert r.score == pytest.approx(sum(valid) / len(valid))
+        else:
+            assert r.score is None and r.std is None
+        assert 1 <= r.levels_score <= 5
+    with pytest.raises(QponderError, match="temperature > 0"):
+        scorer.score_batch(_images(1), ["a"], samples=2, temperature=0.0)
+    with pytest.raises(QponderError, match="unknown readout"):
+        scorer.score_batch(_images(1), ["a"], readout="vibes")
+
+
+def test_expand_image_paths(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("b.png", "a.jpg", "notes.txt", "sub/c.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name) if name.endswith(("png", "jpg")) else (tmp_path / name).write_text("x")
+    assert [p.split("/")[-1] for p in expand_image_paths([str(tmp_path)])] == ["a.jpg", "b.png"]
+    assert len(expand_image_paths([str(tmp_path)], recursive=True)) == 3
+    with pytest.raises(QponderError, match="no such file"):
+        expand_image_paths([str(tmp_path / "missing.png")])
+
+
+def test_score_command_resumes_and_skips_unreadable(tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(_images(5)):
+        im.save(folder / f"img{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
+    out = tmp_path / "scores.jsonl"
+    args = ["score", str(folder), "--model", str(tiny_model_dir), "--out", str(out), "--max-new-tokens", "8",
+            "--batch-size", "2", "--readout", "both"]
+    assert cli_main(args) == 0
+    err = capsys.readouterr().err
+    assert "skipped unreadable image" in err and "broken.png" in err
+    assert "scored 5 image(s), 0 already done, 1 unreadable" in err
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    good = [r for r in recs if not r.get("error")]
+    assert len(good) == 5 and len({r["image"] for r in good}) == 5
+    for r in good:
+        assert isinstance(r["raw"][0], str) and r["model"] == str(tiny_model_dir)
+        assert 1 <= r["levels_score"] <= 5 and (r["score"] is None or 1 <= r["score"] <= 5)
+    # resume: nothing new to score, records unchanged
+    first = out.read_text()
+    assert cli_main(args) == 0
+    assert "scored 0 image(s), 5 already done, 1 unreadable" in capsys.readouterr().err
+    assert [json.loads(x) for x in out.read_text().splitlines() if "error" not in x] == \
+        [json.loads(x) for x in first.splitlines() if "error" not in x]
+
+
+def test_score_command_prints_jsonl_without_out(tiny_model_dir, tmp_path, capsys):
+    p = tmp_path / "one.png"
+    _images(1)[0].save(p)
+    assert cli_main(["score", str(p), "--model", str(tiny_model_dir), "--readout", "levels"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["image"] == str(p) and rec["readout"] == "levels" and math.isfinite(rec["score"])
+
+
+def test_score_command_errors(tiny_model_dir, tmp_path, capsys):
+    assert cli_main(["score", str(tmp_path / "nope.png"), "--model", str(tiny_model_dir)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    p = tmp_path / "x.png"
+    _images(1)[0].save(p)
+    assert cli_main(["score", str(p), "--model", str(tmp_path / "missing-model")]) == 2
+    assert "model folder does not exist" in capsys.readouterr().err
+    assert cli_main(["score", str(p), "--model", str(tiny_model_dir), "--samples", "3"]) == 2
+    assert "--temperature > 0" in capsys.readouterr().err
