@@ -11,7 +11,6 @@ the correlations and counted (``parse_failure_rate``), never replaced by a rando
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,9 +148,7 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
                 [records[w] for w in wanted if w in records], bdir / "judgements.jsonl", url=cfg.judge_url,
                 model=cfg.judge_model, api_key_env=cfg.judge_api_key_env, max_samples=cfg.judge_max_samples)
         results[bench] = summary
-        valid = [(p, m) for p, m in zip(preds, mos) if p is not None and math.isfinite(p)]
-        scatter_plot([p for p, _ in valid], [m for _, m in valid], bdir / "scatter.png",
-                     title=f"{bench}: predicted vs MOS (n={len(valid)}/{len(preds)})")
+        scatter_plot(preds, mos, bdir / "scatter.png", title=f"{bench}: predicted vs MOS")
         write_json_atomic(summary, bdir / "metrics.json")
     write_json_atomic({"model": scorer.model_name, "split": cfg.split, "readout": cfg.readout,
                        "samples": cfg.samples, "temperature": cfg.temperature, "results": results},

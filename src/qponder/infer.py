@@ -46,6 +46,16 @@ class ScoreResult:
         return asdict(self)
 
 
+@dataclass
+class Generation:
+    """The completions for one image with their token accounting."""
+
+    texts: list[str]
+    completion_tokens: list[int]
+    finish_reasons: list[str]  # "stop" (EOS generated) | "length" (max_new_tokens reached)
+    prompt_tokens: int
+
+
 def mean_and_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
@@ -135,9 +145,17 @@ class QualityScorer:
 
     # -- generation --------------------------------------------------------------------------------------------
     def generate(self, images: list, user_text: str | None = None, *, system: str | None = None, n: int = 1,
-                 temperature: float | None = None, max_new_tokens: int | None = None,
-                 seed: int | None = None) -> list[list[str]]:
+                 temperature: float | None = None, max_new_tokens: int | None = None, seed: int | None = None,
+                 top_p: float | None = None) -> list[list[str]]:
         """``n`` completions for each image (one batch; callers batch with ``batch_plan``)."""
+        return [g.texts for g in self.generate_detailed(images, user_text, system=system, n=n,
+                                                        temperature=temperature, max_new_tokens=max_new_tokens,
+                                                        seed=seed, top_p=top_p)]
+
+    def generate_detailed(self, images: list, user_text: str | None = None, *, system: str | None = None,
+                          n: int = 1, temperature: float | None = None, max_new_tokens: int | None = None,
+                          seed: int | None = None, top_p: float | None = None) -> list["Generation"]:
+        """Like ``generate`` plus exact token counts and finish reasons (what an OpenAI-style server reports)."""
         import torch
 
         if not images:
@@ -145,12 +163,13 @@ class QualityScorer:
         temperature = self.temperature if temperature is None else temperature
         if n > 1 and temperature <= 0:
             raise QponderError("several samples per image need a temperature > 0")
+        max_new = max_new_tokens or self.max_new_tokens
         texts = self._texts(len(images), user_text or self.prompt, system)
         inputs = self._inputs(images, texts)
-        gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                          num_return_sequences=n, do_sample=temperature > 0)
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new, num_return_sequences=n,
+                                          do_sample=temperature > 0)
         if temperature > 0:
-            gen_kwargs.update(temperature=temperature, top_p=self.top_p, top_k=0)
+            gen_kwargs.update(temperature=temperature, top_p=self.top_p if top_p is None else top_p, top_k=0)
         tok = self.processor.tokenizer
         gen_kwargs.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         if seed is not None:
@@ -159,7 +178,20 @@ class QualityScorer:
             out = self.model.generate(**inputs, **gen_kwargs)
         new = out[:, inputs["input_ids"].shape[1]:]
         decoded = tok.batch_decode(new, skip_special_tokens=True)
-        return [decoded[i * n:(i + 1) * n] for i in range(len(images))]
+        # generated tokens up to and including the first EOS; "length" when no EOS came
+        is_eos = new == tok.eos_token_id
+        has_eos = is_eos.any(dim=1)
+        counts = torch.where(has_eos, is_eos.int().argmax(dim=1) + 1, torch.full_like(has_eos, new.shape[1],
+                                                                                        dtype=torch.long))
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        result = []
+        for i in range(len(images)):
+            rows = range(i * n, (i + 1) * n)
+            result.append(Generation(texts=[decoded[r] for r in rows],
+                                     completion_tokens=[int(counts[r]) for r in rows],
+                                     finish_reasons=["stop" if bool(has_eos[r]) else "length" for r in rows],
+                                     prompt_tokens=int(prompt_tokens[i])))
+        return result
 
     # -- level read-out ----------------------------------------------------------------------------------------
     def level_scores(self, images: list, reasonings: list[str | None] | None = None) -> list[float]:
