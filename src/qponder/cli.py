@@ -26,10 +26,17 @@ app = typer.Typer(
 )
 
 
+# --help lists commands in pipeline order; modules not named here follow alphabetically.
+_ORDER = ["demo", "data", "distill", "train", "score", "eval", "metrics", "serve", "tiny_model"]
+
+
 def _register_commands() -> None:
     import qponder.commands as pkg
 
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+    def key(m):
+        return (_ORDER.index(m.name) if m.name in _ORDER else len(_ORDER), m.name)
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=key):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"qponder.commands.{info.name}")

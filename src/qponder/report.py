@@ -72,7 +72,8 @@ def _fit_failed(row: Mapping[str, Any]) -> bool:
 
 
 def _rows(
-    results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] | None, digits: int
+    results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] | None, digits: int, mean_row: bool = True,
+    first_header: str = "dataset",
 ) -> tuple[list[str], list[list[str]], list[str]]:
     """(header, cell rows, footnotes) shared by the Markdown and the plain-text table."""
     if not isinstance(results, Mapping):
@@ -95,7 +96,7 @@ def _rows(
             cells.append(cell)
         body.append(cells)
     notes = []
-    if len(data) > 1:
+    if mean_row and len(data) > 1:
         mean = mean_summary(data)
         cells = [MEAN_KEY]
         for c in cols:
@@ -106,20 +107,22 @@ def _rows(
         notes.append(f"mean: unweighted mean over the {len(data)} datasets (each dataset counts once).")
     if dagger:
         notes.append(_FOOTNOTE_FIT)
-    header = ["dataset"] + [HEADERS.get(c, c) for c in cols]
+    header = [first_header] + [HEADERS.get(c, c) for c in cols]
     return header, body, notes
 
 
 def markdown_table(
-    results: Mapping[str, Mapping[str, Any]], columns: list[str] | None = None, digits: int = 4
+    results: Mapping[str, Mapping[str, Any]], columns: list[str] | None = None, digits: int = 4,
+    mean_row: bool = True, first_header: str = "dataset",
 ) -> str:
     """A Markdown table: one row per dataset (insertion order), columns = metric keys (default :data:`COLUMNS`).
 
     With more than one dataset a "mean" row gives the unweighted mean over datasets of SRCC, KRCC, PLCC and
     logistic PLCC (other cells blank; a NaN in any dataset makes the mean "—"). A ``"mean"`` entry in ``results``
-    is ignored and recomputed. Footnotes below the table explain the mean row and any "†".
+    is ignored and recomputed. Footnotes below the table explain the mean row and any "†". Rows that are not
+    datasets (e.g. training stages) pass ``mean_row=False`` and their own ``first_header``.
     """
-    header, body, notes = _rows(results, columns, digits)
+    header, body, notes = _rows(results, columns, digits, mean_row, first_header)
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",

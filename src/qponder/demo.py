@@ -1,0 +1,192 @@
+"""`qponder demo`: the whole method end to end on CPU, on the built-in demo data, in minutes.
+
+1. build a small randomly initialised Qwen2.5-VL (locally trained tokenizer; nothing downloaded),
+2. build the demo dataset (real photographs x KADID-10k distortions, labelled with KADID's human cell means),
+3. distil cold-start data from the built-in offline *rule teacher* — a deterministic stand-in for Qwen2.5-VL-72B
+   that measures blur/noise/blockiness/exposure/colour and writes a rationale + score — keeping rationales whose
+   score is within a tolerance of the human MOS,
+4. evaluate the untrained model, 5. SFT ("Q-Ponder-CI"), evaluate, 6. GRPO ("Q-Ponder"), evaluate,
+7. write ``report.md`` with the per-stage table, score scatter plots and loss/reward curves.
+
+Every stage resumes: re-running the command skips finished stages and continues an interrupted one. The numbers are
+those of a few-million-parameter model trained for minutes: they show that the pipeline learns, not what a 7B
+model reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from qponder.config import load_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoSettings:
+    out: str = "demo-out"
+    model_size: str = "small"  # tiny (~0.3M params, seconds) | small (~4M params, minutes)
+    family: str = "qwen2_5_vl"
+    seed: int = 0
+    tolerance: float = 0.75  # keep teacher rationales within this distance of the MOS (1-5 scale)
+    teacher_samples: int = 3  # rationales per training image from the rule teacher (differently worded)
+    sft_epochs: float = 12.0
+    sft_lr: float = 2e-3
+    sft_batch_size: int = 8
+    grpo_steps: int = 40
+    grpo_lr: float = 2e-5
+    grpo_num_generations: int = 4
+    grpo_batch_size: int = 8
+    max_new_tokens: int = 160  # demo rationales are 90-140 tokens
+    eval_max_samples: Optional[int] = None  # None: the whole demo test split
+    eval_batch_size: int = 16
+    progress: bool = True
+
+
+STAGES = ("untrained", "sft", "grpo")
+
+
+def _eval(model: Path, out: Path, cfg: DemoSettings) -> dict:
+    from qponder.evaluate import EvalSettings, evaluate
+
+    ecfg = EvalSettings(model=str(model), benchmarks=["demo"], split="test", max_samples=cfg.eval_max_samples,
+                        out=str(out), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size,
+                        readout="both", device="cpu", dtype="float32", seed=cfg.seed, progress=cfg.progress)
+    return evaluate(ecfg)["demo"]
+
+
+def run_demo(cfg: DemoSettings) -> dict:
+    import torch
+
+    from qponder.data.demo import build_demo_dataset
+    from qponder.distill import run_distill
+    from qponder.distill.config import DistillSettings
+    from qponder.io import write_json_atomic
+    from qponder.models import build_tiny_model
+    from qponder.train.grpo import GRPOSettings, run_grpo
+    from qponder.train.sft import SFTSettings, run_sft
+
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def stage(name: str):
+        t = time.time()
+        print(f"== {name}", flush=True)
+        return lambda: timings.__setitem__(name, round(time.time() - t, 1))
+
+    done = stage("model")
+    base = out / "model-untrained"
+    if not (base / "config.json").exists():
+        build_tiny_model(base, family=cfg.family, size=cfg.model_size, seed=cfg.seed)
+    done()
+
+    done = stage("data")
+    manifest = build_demo_dataset(seed=cfg.seed)
+    done()
+
+    done = stage("distill (rule teacher)")
+    dcfg = load_config(DistillSettings, None, [
+        "data=demo", f"demo_seed={cfg.seed}", "split=train", f"out={out / 'distill'}", "teacher.backend=rule",
+        f"filter.tolerance={cfg.tolerance}", f"filter.k_samples={cfg.teacher_samples}",
+        f"progress={str(cfg.progress).lower()}"])
+    distill_stats = run_distill(dcfg).stats
+    sft_data = out / "distill" / "sft.jsonl"
+    done()
+
+    results: dict[str, dict] = {}
+    done = stage("eval untrained")
+    results["untrained"] = _eval(base, out / "eval-untrained", cfg)
+    done()
+
+    done = stage("sft")
+    sft_dir = out / "sft"
+    if not (sft_dir / "final" / "config.json").exists():
+        run_sft(load_config(SFTSettings, None, [
+            f"model.path={base}", f"data={sft_data}", f"run.output_dir={sft_dir}", "model.dtype=float32",
+            f"optim.epochs={cfg.sft_epochs}", f"optim.learning_rate={cfg.sft_lr}",
+            f"optim.batch_size={cfg.sft_batch_size}", "optim.warmup_ratio=0.05", f"run.seed={cfg.seed}",
+            "run.logging_steps=5", "run.save_steps=100", "run.save_total_limit=1"]))
+    done()
+    done = stage("eval sft")
+    results["sft"] = _eval(sft_dir / "final", out / "eval-sft", cfg)
+    done()
+
+    done = stage("grpo")
+    grpo_dir = out / "grpo"
+    if not (grpo_dir / "final" / "config.json").exists():
+        run_grpo(load_config(GRPOSettings, None, [
+            f"model.path={sft_dir / 'final'}", "data=demo", "split=train", f"run.output_dir={grpo_dir}",
+            "model.dtype=float32", f"optim.max_steps={cfg.grpo_steps}", f"optim.learning_rate={cfg.grpo_lr}",
+            f"optim.batch_size={cfg.grpo_batch_size}", "optim.lr_scheduler=constant",
+            f"generation.num_generations={cfg.grpo_num_generations}",
+            f"generation.max_completion_length={cfg.max_new_tokens}", f"run.seed={cfg.seed}",
+            "run.logging_steps=1", "run.save_steps=20", "run.save_total_limit=1", "log_completions_every=10"]))
+    done()
+    done = stage("eval grpo")
+    results["grpo"] = _eval(grpo_dir / "final", out / "eval-grpo", cfg)
+    done()
+
+    summary = {"settings": cfg.__dict__, "results": results, "distill": distill_stats, "seconds": timings,
+               "manifest": str(manifest)}
+    write_json_atomic(summary, out / "summary.json")
+    write_report(out, summary)
+    return summary
+
+
+def write_report(out: Path, summary: dict) -> Path:
+    from qponder.io import write_text_atomic
+    from qponder.report import curve_plot, markdown_table
+    from qponder.train.common import read_log
+
+    res = summary["results"]
+    cols = ["n", "n_valid", "parse_failure_rate", "srcc", "plcc", "plcc_logistic4", "rmse"]
+    table = markdown_table(res, columns=cols, mean_row=False, first_header="stage")
+    levels = markdown_table({k: v["levels"] for k, v in res.items() if "levels" in v}, columns=cols,
+                            mean_row=False, first_header="stage")
+    sft_log = read_log(out / "sft")
+    grpo_log = read_log(out / "grpo")
+    curve_plot({"SFT loss": [(r["step"], r["loss"]) for r in sft_log if r.get("loss") is not None]},
+               out / "sft_loss.png", "SFT loss", "step", "loss")
+    reward_keys = sorted({k for r in grpo_log for k in r if k.startswith("rewards/") and k.endswith("/mean")})
+    curve_plot({k.split("/")[1]: [(r["step"], r[k]) for r in grpo_log if r.get(k) is not None]
+                for k in reward_keys} | {"total": [(r["step"], r["reward"]) for r in grpo_log
+                                                     if r.get("reward") is not None]},
+               out / "grpo_rewards.png", "GRPO rewards (mean per step)", "step", "reward")
+    d = summary.get("distill") or {}
+    secs = summary["seconds"]
+    text = f"""# qponder demo report
+
+A {summary['settings']['model_size']} Qwen2.5-VL-shaped model (randomly initialised, trained here on CPU) taken
+through the Q-Ponder pipeline on the built-in demo dataset (real photographs x KADID-10k distortions, labelled with
+KADID-10k's human cell means; test split = photographs never seen in training). The cold-start teacher is the
+built-in **rule teacher**, a deterministic stand-in for a 72B VLM. These numbers show that the pipeline learns; they
+are not what a pretrained 7B model reaches.
+
+## Test-split results (demo, {res['untrained']['n']} images)
+
+Score read from the generated `<answer>` (greedy):
+
+{table}
+
+Level read-out (probability-weighted level word after the model's own reasoning):
+
+{levels}
+
+## Stages
+
+- distillation: {d.get('n_kept', '?')} of {d.get('n_decided', '?')} training images kept (tolerance
+  {summary['settings']['tolerance']}; rule-teacher SRCC vs MOS {d.get('teacher_srcc', float('nan')):.3f}; every decision in
+  `distill/decisions.jsonl`, dataset card `distill/README.md`)
+- time per stage (s): {', '.join(f'{k} {v}' for k, v in secs.items())}, total {round(sum(secs.values()), 1)}
+
+Plots: `eval-*/demo/scatter.png` (prediction vs MOS with the fitted logistic, per stage), `sft_loss.png`,
+`grpo_rewards.png`. Sample GRPO completions: `grpo/completions.jsonl`.
+"""
+    return write_text_atomic(text, out / "report.md")

@@ -1,0 +1,43 @@
+"""`qponder demo` end to end with the tiny model and a few steps: every stage runs, every file is written, and a
+re-run resumes (finished stages are skipped)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qponder.cli import main as cli_main
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--size", "tiny", "--set", "sft_epochs=1", "--set", "grpo_steps=2",
+            "--set", "eval_max_samples=6", "--set", "max_new_tokens=24", "--set", "progress=false",
+            "--set", "teacher_samples=1"]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "untrained" in printed and "grpo" in printed and "report.md" in printed
+    for f in ("report.md", "summary.json", "sft_loss.png", "grpo_rewards.png", "distill/sft.jsonl",
+              "distill/decisions.jsonl", "sft/final/config.json", "grpo/final/config.json",
+              "eval-untrained/demo/scatter.png", "eval-sft/results.json", "eval-grpo/demo/predictions.jsonl"):
+        assert (out / f).exists(), f
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["results"]) == {"untrained", "sft", "grpo"}
+    for stage in summary["results"].values():
+        assert stage["n"] == 6 and stage["levels"]["n_valid"] == 6
+    assert summary["distill"]["n_kept"] > 0
+    report = (out / "report.md").read_text()
+    assert "| untrained" in report and "| sft" in report and "| grpo" in report
+    grpo_log = [json.loads(x) for x in (out / "grpo" / "log.jsonl").read_text().splitlines()]
+    assert any("rewards/accuracy/mean" in r for r in grpo_log)
+
+    # a second run finds every stage done and only re-evaluates from saved predictions
+    before = (out / "sft" / "final" / "model.safetensors").stat().st_mtime_ns
+    assert cli_main(args) == 0
+    assert (out / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == before
+    again = json.loads((out / "summary.json").read_text())
+    assert again["results"]["sft"]["n_valid"] == summary["results"]["sft"]["n_valid"]
+    assert again["results"]["sft"]["scored_now"] == 0
