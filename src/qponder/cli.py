@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # typer/click always exit through SystemExit in standalone mode
         if e.code is None:
             return 0
+        if e.code == 130:  # typer turns Ctrl-C into a silent Exit(130)
+            print("interrupted; finished work is saved and a re-run resumes", file=sys.stderr)
         return e.code if isinstance(e.code, int) else 1
     return 0
 
