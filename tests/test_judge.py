@@ -21,6 +21,7 @@ def test_parse_judgement_forms():
         {"completeness": 2.0, "precision": 1.0, "relevance": 0.0}
     assert parse_judgement('{"completeness": 3, "precision": 1, "relevance": 1}') is None  # out of range
     assert parse_judgement("looks fine to me") is None
+    assert parse_judgement("completeness: 2.5, precision: 1, relevance: 1") is None  # text form, out of range
     assert parse_judgement(None) is None
 
 
@@ -33,6 +34,7 @@ def test_aggregate_excludes_failures():
 
 class _Judge(BaseHTTPRequestHandler):
     calls: list = []
+    flaked = False  # "flaky" reasonings fail once (HTTP 400), then succeed
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -40,6 +42,15 @@ class _Judge(BaseHTTPRequestHandler):
         user = body["messages"][-1]["content"]
         text = next(p["text"] for p in user if p["type"] == "text")
         assert any(p["type"] == "image_url" and p["image_url"]["url"].startswith("data:image/") for p in user)
+        status = 401 if "unauthorised" in text else 400 if "flaky" in text and not _Judge.flaked else 200
+        if status != 200:
+            _Judge.flaked = True
+            data = json.dumps({"error": {"message": "nope"}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         reply = "no idea" if "garbled" in text else json.dumps(
             {"completeness": 2 if "sharp" in text else 1, "precision": 1, "relevance": 2})
         data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
@@ -61,6 +72,7 @@ def judge_server():
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     _Judge.calls = []
+    _Judge.flaked = False
     yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
     srv.shutdown()
 
@@ -79,3 +91,32 @@ def test_judge_descriptions_end_to_end_and_resume(judge_server, tmp_path):
     assert "The image is sharp." in json.dumps(_Judge.calls[0])
     again = judge_descriptions(recs, out, url=judge_server, model="judge-model")
     assert again == agg and len(_Judge.calls) == 3  # resumed: nothing re-sent
+
+
+def _records(tmp_path, reasonings):
+    recs = []
+    for i, reasoning in enumerate(reasonings):
+        p = tmp_path / f"{i}.png"
+        Image.new("RGB", (16, 16), (i * 40, 90, 90)).save(p)
+        recs.append({"image": f"demo/{i}", "path": str(p), "reasoning": reasoning})
+    return recs
+
+
+def test_failed_requests_are_counted_then_retried_on_resume(judge_server, tmp_path):
+    # Regression: a failed request was stored like a reply, so a re-run never asked again.
+    recs = _records(tmp_path, ["The image is sharp.", "flaky but sharp"])
+    out = tmp_path / "judgements.jsonl"
+    first = judge_descriptions(recs, out, url=judge_server, model="m")
+    assert (first["n_judged"], first["n_failed"]) == (1, 1) and len(_Judge.calls) == 2
+    second = judge_descriptions(recs, out, url=judge_server, model="m")
+    assert (second["n_judged"], second["n_failed"]) == (2, 0) and len(_Judge.calls) == 3
+    assert second["completeness"] == 2.0
+
+
+def test_a_status_that_fails_every_request_stops_judging(judge_server, tmp_path):
+    from qponder.errors import QponderError
+
+    recs = _records(tmp_path, ["unauthorised", "The image is sharp."])
+    with pytest.raises(QponderError, match="description judge: .*HTTP 401"):
+        judge_descriptions(recs, tmp_path / "j.jsonl", url=judge_server, model="m")
+    assert len(_Judge.calls) == 1

@@ -143,3 +143,31 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert cli_main(["tiny-model", str(tmp_path / "x"), "--family", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == ["error: unknown model family 'nope'; choose one of qwen2_vl, qwen2_5_vl, qwen3_vl"]
+
+
+def test_dct_patch_embedding_is_an_orthonormal_frequency_bank(tmp_path):
+    import numpy as np
+
+    from qponder.models import dct_filter_bank
+
+    bank = dct_filter_bank(64, 14)
+    flat = bank.reshape(64, -1)
+    gram = flat @ flat.T
+    norms = np.sqrt(np.diag(gram))
+    np.testing.assert_allclose(gram, np.diag(norms ** 2), atol=1e-4)  # orthogonal
+    assert norms[0] == pytest.approx(1.0) and norms[:56].max() == pytest.approx(1 + np.hypot(13, 13), rel=1e-4)
+    # a flat (DC) patch excites only the DC luminance filter; a checkerboard only high-frequency ones
+    flat_patch = np.ones((3, 2, 14, 14), dtype=np.float32)
+    resp = np.abs(flat.dot(flat_patch.ravel()))
+    assert resp.argmax() == 0 and (resp[1:] < 1e-4).all()
+    checker = np.indices((14, 14)).sum(0) % 2 * 2.0 - 1.0
+    energy = flat.dot(np.broadcast_to(checker, (3, 2, 14, 14)).ravel()) ** 2
+    assert energy[0] < 1e-8 and energy[28:56].sum() > 0.9 * energy.sum()  # filters are ordered low -> high
+
+    dct = load_model_and_processor(build_tiny_model(tmp_path / "d"), device="cpu").model
+    rnd = load_model_and_processor(build_tiny_model(tmp_path / "r", vision_init="random"), device="cpu").model
+    w = dict(dct.named_parameters())["model.visual.patch_embed.proj.weight"].detach().numpy()
+    np.testing.assert_allclose(w, dct_filter_bank(*w.shape[:1], w.shape[-1]), atol=1e-6)
+    assert not np.allclose(w, dict(rnd.named_parameters())["model.visual.patch_embed.proj.weight"].detach().numpy())
+    with pytest.raises(QponderError, match="unknown vision_init"):
+        build_tiny_model(tmp_path / "x", vision_init="imagenet")

@@ -423,6 +423,13 @@ class _JudgeHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         user = body["messages"][-1]["content"]
+        if "rate-limited-once" in user and not self.server.limited:
+            self.server.limited = True
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if "status=" in user:
             code = int(user.split("status=")[1][:3])
             self.send_response(code)
@@ -449,6 +456,7 @@ class _JudgeHandler(BaseHTTPRequestHandler):
 def judge_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
     server.seen = []
+    server.limited = False
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
@@ -484,6 +492,14 @@ def test_judge_failures_give_zero_and_are_counted(judge_server):
     assert out == [0.5, 0.0]
     assert rec.metrics["rewards/consistency/reader_fail_frac"] == 0.5
     assert judge_server.seen[0]["auth"] is None  # no api_key_env: no Authorization header
+
+
+def test_judge_reader_retries_a_rate_limited_request(judge_server):
+    # Regression: the reader had its own HTTP loop that gave up on 429 at once (a rate-limited judge silently
+    # zeroed the consistency reward); it now uses OpenAIChatClient's rules (Retry-After honoured).
+    reader = R.JudgeReader(f"http://127.0.0.1:{judge_server.server_address[1]}/v1", "m", retries=1)
+    assert reader(["rate-limited-once reply=4.5"]) == [4.5]
+    assert len(judge_server.seen) == 2 and (reader.requests, reader.failures) == (1, 0)
 
 
 def test_judge_unreachable_server_and_config_errors(monkeypatch):

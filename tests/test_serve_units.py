@@ -434,3 +434,15 @@ def test_serve_refuses_an_unset_key_variable_and_a_busy_port(tmp_path):
     assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
     r = qponder("serve", "--model", str(tmp_path / "no" / "such-model"), "--port", "0")
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_served_model_gets_the_pixel_budget_like_eval(tiny_model_dir):
+    # Regression: create_app loaded the scorer without min/max pixels, so the processor kept its own budget and
+    # could resize again what decode_image had fitted -- server scores then differed from `qponder eval`'s.
+    from qponder.serve.app import ServeConfig, create_app
+
+    app = create_app(ServeConfig(model=str(tiny_model_dir), device="cpu", min_pixels=28 * 28 * 4,
+                                 max_pixels=28 * 28 * 64))
+    ip = app.state.scorer.processor.image_processor
+    assert (ip.size["shortest_edge"], ip.size["longest_edge"]) == (28 * 28 * 4, 28 * 28 * 64)
+    assert app.state.config.limits().budget_max_pixels == 28 * 28 * 64

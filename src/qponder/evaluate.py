@@ -125,7 +125,7 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
                             names=[s.image_id for s in samples], samples=cfg.samples, readout=cfg.readout,
                             temperature=cfg.temperature, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                             extra=extra, progress=cfg.progress)
-        records = {r["image"]: r for r in read_jsonl(pred_file) if not r.get("error")}
+        records = {r["image"]: r for r in read_jsonl(pred_file)}
         wanted = [s.image_id for s in samples]
         missing = [w for w in wanted if w not in records]
         if missing:

@@ -277,7 +277,8 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
     """Score image files in size-bucketed batches, appending one JSON line per image to ``out_path``.
 
     Resumable: images whose record (by name) is already in ``out_path`` are skipped. Unreadable images are reported
-    on stderr (and recorded with an ``error`` field, retried on the next run); the run continues.
+    on stderr and counted, not written (so ``out_path`` holds one record per scored image and a re-run retries
+    them); the run continues.
     ``extra[i]`` is merged into image i's record (e.g. mos / dataset for evaluation).
     """
     import sys
@@ -294,7 +295,7 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
         raise QponderError("duplicate image names in one scoring run")
     done: set[str] = set()
     if out_path and Path(out_path).exists():
-        done = {r["image"] for r in read_jsonl(out_path) if "image" in r and not r.get("error")}
+        done = {r["image"] for r in read_jsonl(out_path) if isinstance(r, dict) and "image" in r}
     stats = ScoreRunStats(skipped_done=sum(1 for n in names if n in done))
     # Pixel counts from headers only (cheap), for the batch plan over ALL images so resume == fresh run.
     sizes = []
@@ -320,8 +321,6 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
                     print(f"skipped unreadable image: {e}", file=sys.stderr)
                     stats.unreadable += 1
                     bar.update(1)
-                    if out_path:
-                        append_jsonl(out_path, {"image": names[i], "error": str(e)})
         if not ok_idx:
             continue
         results = scorer.score_batch(images, [names[i] for i in ok_idx], samples=samples, readout=readout,

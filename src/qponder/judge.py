@@ -3,7 +3,9 @@
 The paper compares descriptions, not only scores. Each reasoning is sent with its image to a judge model, which rates
 completeness, precision and relevance on 0-2 (Q-Bench's low-level description criteria). Ratings are appended to
 ``judgements.jsonl`` as they arrive (resumable), and their means (plus the 0-6 total) go into the results table.
-A reply the judge gets wrong (no parsable ratings) is recorded with an error and excluded from the means.
+A reply without parsable ratings is recorded and counted in ``n_failed`` (excluded from the means); a request that
+failed (server error, timeout) is recorded with ``error``, counted too, and sent again on the next run; a status
+that fails every request (401/403/404) stops judging with one error.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
+from qponder.errors import QponderError
 from qponder.prompts import DESCRIPTION_JUDGE_PROMPT, DESCRIPTION_JUDGE_SYSTEM
 
 CRITERIA = ("completeness", "precision", "relevance")
@@ -39,6 +42,8 @@ def parse_judgement(text: str) -> Optional[dict[str, float]]:
         if not mk:
             return None
         vals[k] = float(mk.group(1))
+    if not all(0 <= v <= 2 for v in vals.values()):  # "completeness: 2.5" is not a 0-2 rating
+        return None
     return vals
 
 
@@ -57,29 +62,37 @@ def judge_descriptions(records: list[dict], out_file: str | Path, *, url: str, m
     """Judge each record's reasoning (records from predictions.jsonl: ``image`` id, ``path``, ``reasoning``)."""
     from qponder.data import load_image
     from qponder.io import append_jsonl, read_jsonl
-    from qponder.openai_compat import OpenAIChatClient, image_to_data_url
+    from qponder.openai_compat import OpenAIChatClient, OpenAICompatError, image_to_data_url
 
     out_file = Path(out_file)
-    done = {j["image"]: j for j in read_jsonl(out_file)} if out_file.exists() else {}
+    # Replies are final (a reply without ratings stays a failure); a request that failed is tried again.
+    done = ({j["image"]: j for j in read_jsonl(out_file) if not j.get("error")} if out_file.exists() else {})
     todo = [r for r in records if r.get("reasoning")]
     if max_samples:
         todo = todo[:max_samples]
-    client = OpenAIChatClient(url, model=model, api_key_env=api_key_env, timeout=timeout)
-    for r in todo:
-        if r["image"] in done:
-            continue
-        img = load_image(r.get("path") or r["image"])
-        messages = [
-            {"role": "system", "content": DESCRIPTION_JUDGE_SYSTEM},
-            {"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": image_to_data_url(img, format="JPEG")}},
-                {"type": "text", "text": DESCRIPTION_JUDGE_PROMPT.format(reasoning=r["reasoning"])}]},
-        ]
-        try:
-            reply = client.chat(messages, temperature=0.0, max_tokens=128)[0]
+    failed: dict[str, dict] = {}
+    with OpenAIChatClient(url, model=model, api_key_env=api_key_env, timeout=timeout) as client:
+        for r in todo:
+            if r["image"] in done:
+                continue
+            img = load_image(r.get("path") or r["image"])
+            messages = [
+                {"role": "system", "content": DESCRIPTION_JUDGE_SYSTEM},
+                {"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": image_to_data_url(img, format="JPEG")}},
+                    {"type": "text", "text": DESCRIPTION_JUDGE_PROMPT.format(reasoning=r["reasoning"])}]},
+            ]
+            try:
+                reply = client.chat(messages, temperature=0.0, max_tokens=128)[0]
+            except OpenAICompatError as e:
+                if e.fatal:  # wrong key / URL / model: every other request would fail the same way
+                    raise QponderError(f"description judge: {e}") from None
+                rec = {"image": r["image"], "error": str(e), "ratings": None}
+                append_jsonl(out_file, rec)  # one failed request must not stop the evaluation; counted, retried
+                failed[r["image"]] = rec
+                continue
             rec = {"image": r["image"], "reply": reply, "ratings": parse_judgement(reply)}
-        except Exception as e:  # one failed request must not stop the evaluation; it is recorded and counted
-            rec = {"image": r["image"], "error": f"{type(e).__name__}: {e}", "ratings": None}
-        append_jsonl(out_file, rec)
-        done[r["image"]] = rec
-    return aggregate([done[r["image"]] for r in todo if r["image"] in done])
+            append_jsonl(out_file, rec)
+            done[r["image"]] = rec
+    return aggregate([done.get(r["image"]) or failed[r["image"]] for r in todo
+                      if r["image"] in done or r["image"] in failed])

@@ -363,9 +363,61 @@ def _chat_template(family: str) -> str:
     return (Path(trl.__file__).parent / "chat_templates" / name).read_text()
 
 
+def dct_filter_bank(n_filters: int, patch: int, channels: int = 3, temporal: int = 2):
+    """2-D DCT-II filters for a (n, C, T, P, P) patch embedding: luminance filters spread over the whole spectrum
+    (low to high frequency) plus a few low-frequency colour-difference filters, each scaled by (1 + its frequency
+    radius) so that the 1/f spectrum of natural images comes out roughly white.
+
+    A randomly initialised ViT's patch embedding mixes all frequencies, and content (low frequencies) dominates the
+    token directions, so image statistics that decide perceived quality (how energy is spread over frequencies:
+    blur, noise, blocking) reach the language model only after a lot of training. A fixed, whitened frequency
+    analyser is the cheapest stand-in for the low-level features a pretrained vision tower has; the filters are
+    trained further like any weight. Filters are mutually orthogonal (not unit norm).
+    """
+    import numpy as np
+
+    k = np.arange(patch)
+    b1 = np.cos(np.pi * (k[None, :] + 0.5) * k[:, None] / patch) * np.sqrt(2.0 / patch)
+    b1[0] /= np.sqrt(2.0)
+    pairs = sorted(((u, v) for u in range(patch) for v in range(patch)), key=lambda t: (t[0] ** 2 + t[1] ** 2, t))
+    n_chroma = min(8, n_filters // 8) if channels == 3 else 0
+    n_luma = n_filters - n_chroma
+    picks = np.unique(np.linspace(0, len(pairs) - 1, n_luma).round().astype(int))
+    picks = list(picks) + [i for i in range(len(pairs)) if i not in set(picks)][: n_luma - len(picks)]
+    luma = np.full(channels, 1.0 / np.sqrt(channels))
+    chroma = [np.array([1.0, -1.0, 0.0]) / np.sqrt(2.0), np.array([-0.5, -0.5, 1.0]) / np.sqrt(1.5)]
+    t = np.full(temporal, 1.0 / np.sqrt(temporal))
+    out = np.zeros((n_filters, channels, temporal, patch, patch), dtype=np.float32)
+    for i, idx in enumerate(picks[:n_luma]):
+        u, v = pairs[idx]
+        out[i] = (1 + np.hypot(u, v)) * luma[:, None, None, None] * t[None, :, None, None] * np.outer(b1[u], b1[v])
+    for j in range(n_chroma):
+        u, v = pairs[j // 2]
+        out[n_luma + j] = (1 + np.hypot(u, v)) * chroma[j % 2][:, None, None, None] * t[None, :, None, None] \
+            * np.outer(b1[u], b1[v])
+    return out
+
+
+def _init_patch_embedding(model) -> None:
+    import torch
+
+    conv = next(m for n, m in model.named_modules() if n.endswith("patch_embed.proj"))
+    bank = dct_filter_bank(conv.weight.shape[0], conv.weight.shape[-1], conv.weight.shape[1], conv.weight.shape[2])
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(bank))
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+
 def build_tiny_model(out_dir: str | os.PathLike, family: str = "qwen2_5_vl", size: str = "tiny",
-                     seed: int = 0) -> Path:
-    """Build, save and return the folder of a randomly initialised Qwen-VL model. Deterministic given ``seed``."""
+                     seed: int = 0, vision_init: str = "dct") -> Path:
+    """Build, save and return the folder of a randomly initialised Qwen-VL model. Deterministic given ``seed``.
+
+    ``vision_init="dct"`` (default) starts the patch embedding as a fixed DCT filter bank (see ``dct_filter_bank``);
+    ``"random"`` keeps transformers' random init everywhere.
+    """
+    if vision_init not in ("dct", "random"):
+        raise QponderError(f"unknown vision_init {vision_init!r}; use dct or random")
     _check_family(family)
     if size not in TINY_SIZES:
         raise QponderError(f"unknown tiny-model size {size!r}; choose one of {', '.join(TINY_SIZES)}")
@@ -415,6 +467,8 @@ def build_tiny_model(out_dir: str | os.PathLike, family: str = "qwen2_5_vl", siz
 
     torch.manual_seed(seed)
     model = model_cls(cfg).to(torch.float32)
+    if vision_init == "dct":
+        _init_patch_embedding(model)
     gc = model.generation_config
     gc.eos_token_id, gc.pad_token_id, gc.bos_token_id = t["eos"], t["pad"], t["pad"]
     template = _chat_template(family)
@@ -432,7 +486,8 @@ def build_tiny_model(out_dir: str | os.PathLike, family: str = "qwen2_5_vl", siz
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "qponder_tiny.json").write_text(json.dumps(
-        {"family": family, "size": size, "seed": seed, "note": "randomly initialised; not a trained model"},
+        {"family": family, "size": size, "seed": seed, "vision_init": vision_init,
+         "note": "randomly initialised; not a trained model"},
         indent=2) + "\n")
     return out
 

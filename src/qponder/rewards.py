@@ -54,6 +54,7 @@ a stuck format reward shows at step 10, not after 3 days); ``consistency`` adds 
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 import re
@@ -64,7 +65,9 @@ from typing import Any
 
 from qponder.errors import QponderError
 from qponder.parsing import ParsedCompletion, parse_completion, parse_score
-from qponder.prompts import LEVELS
+from qponder.prompts import LEVELS, REASONING_JUDGE_PROMPT, REASONING_JUDGE_SYSTEM
+
+log = logging.getLogger(__name__)
 
 Reader = Callable[[list[str]], list[float | None]]
 
@@ -889,18 +892,11 @@ class LevelsReader:
 
     @staticmethod
     def level_token_ids(tokenizer) -> list[int]:
-        """First token id of each level word encoded with its leading space; they must be distinct."""
-        from qponder.prompts import LEVELS
+        """First token id of each level word with its leading space: the same ids ``qponder score --readout
+        levels`` reads (one definition, :func:`qponder.infer.level_token_ids`), so s_r and the level score agree."""
+        from qponder.infer import level_token_ids
 
-        ids = []
-        for word, _ in LEVELS:
-            enc = tokenizer.encode(word, add_special_tokens=False)
-            if not enc:
-                raise QponderError(f"levels reader: the tokenizer encodes {word!r} to nothing")
-            ids.append(enc[0])
-        if len(set(ids)) != len(ids):
-            raise QponderError(f"levels reader: level words share first tokens {ids}; cannot tell them apart")
-        return ids
+        return level_token_ids(tokenizer)
 
     def render(self, tokenizer, reasoning: str) -> str:
         from qponder.prompts import REASONING_READOUT_PROMPT
@@ -944,10 +940,6 @@ def _levels_reader(model: str | None = None, device: str = "auto", dtype: str = 
 
 # --- judge (OpenAI-compatible endpoint) --------------------------------------------------------------------------
 
-# The judge's prompts. They belong with the others in qponder.prompts; they live here until the lead moves them.
-from qponder.prompts import REASONING_JUDGE_PROMPT as JUDGE_USER_PROMPT  # noqa: E402
-from qponder.prompts import REASONING_JUDGE_SYSTEM as JUDGE_SYSTEM_PROMPT  # noqa: E402
-
 _SCALE_RE = re.compile(  # scale mentions, not scores: "out of 5", "/5", "1-5", "1 to 5"
     r"\bout\s+of\s+5(?:\.0+)?\b|/\s*5(?:\.0+)?\b|\b1(?:\.0+)?\s*(?:-|\u2013|\u2014|to)\s*5(?:\.0+)?\b", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+)?(?![0-9])")
@@ -972,19 +964,26 @@ def parse_judge_reply(reply: Any) -> float | None:
 class JudgeReader:
     """Asks an OpenAI-compatible chat-completions endpoint for the score a reasoning implies.
 
-    ``api_key_env`` is the NAME of the environment variable holding the bearer key (never the key; it is read at
-    each call and not stored). Requests run ``max_concurrency`` at a time; a transport error or HTTP >= 500 is
-    retried ``retries`` times. Any failure (network, status, malformed JSON, no number) gives None for that text
-    and is counted in ``requests`` / ``failures``.
+    Requests go through :class:`qponder.openai_compat.OpenAIChatClient`, so the judge follows the project's one
+    set of HTTP rules (``base_url`` as for teachers: ``http://host:port/v1``, a bare host gets ``/v1``; backoff
+    with jitter on 429 / 5xx / transport errors, ``Retry-After`` honoured, ``retries`` retries; no retry on other
+    4xx). ``api_key_env`` is the NAME of the environment variable holding the bearer key (never the key; it is
+    read at each call and not stored). Requests run ``max_concurrency`` at a time. Any failure (network, status,
+    malformed JSON, no number) gives None for that text and is counted in ``requests`` / ``failures``; a status
+    that will fail every request (401/403/404) is also logged as a warning, since the consistency term is then
+    zero for the whole batch.
     """
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout_s: float = 30.0,
                  max_concurrency: int = 8, max_tokens: int = 16, temperature: float = 0.0, retries: int = 1):
+        from qponder.openai_compat import chat_completions_url
+
         if not base_url or not model:
             raise QponderError("judge reader: base_url and model are required")
         if api_key_env and not os.environ.get(api_key_env):
             raise QponderError(f"judge reader: environment variable {api_key_env} (api_key_env) is not set")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url
+        self.url = chat_completions_url(base_url)
         self.model, self.api_key_env = model, api_key_env
         self.timeout_s = _positive(timeout_s, "judge reader timeout_s")
         self.max_concurrency = max(1, int(max_concurrency))
@@ -1002,47 +1001,29 @@ class JudgeReader:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _headers(self) -> dict[str, str]:
-        h = {"Content-Type": "application/json"}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if key:
-                h["Authorization"] = f"Bearer {key}"
-        return h
-
     def _ask(self, client, reasoning: str) -> float | None:
-        import httpx
+        from qponder.openai_compat import OpenAICompatError
 
-        body = {
-            "model": self.model,
-            "messages": [{"role": "system", "content": JUDGE_SYSTEM_PROMPT},
-                         {"role": "user", "content": JUDGE_USER_PROMPT.format(reasoning=reasoning)}],
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
-        for attempt in range(self.retries + 1):
-            try:
-                resp = client.post(self.url, json=body, headers=self._headers())
-            except httpx.HTTPError:
-                continue
-            if resp.status_code >= 500:
-                continue
-            if resp.status_code != 200:
-                return None
-            try:
-                content = resp.json()["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                return None
-            return parse_judge_reply(_content_text(content))
-        return None
+        messages = [{"role": "system", "content": REASONING_JUDGE_SYSTEM},
+                    {"role": "user", "content": REASONING_JUDGE_PROMPT.format(reasoning=reasoning)}]
+        try:
+            texts = client.chat(messages, temperature=self.temperature, max_tokens=self.max_tokens)
+        except OpenAICompatError as e:
+            if e.fatal:
+                log.warning("judge reader: %s", e)
+            return None
+        return parse_judge_reply(texts[0]) if texts else None
 
     def __call__(self, texts: list[str]) -> list[float | None]:
         if not texts:
             return []
-        import httpx
         from concurrent.futures import ThreadPoolExecutor
 
-        with httpx.Client(timeout=self.timeout_s) as client:
+        from qponder.openai_compat import OpenAIChatClient, RetryPolicy
+
+        with OpenAIChatClient(self.base_url, model=self.model, api_key_env=self.api_key_env,
+                              timeout=self.timeout_s, retry=RetryPolicy(max_retries=self.retries),
+                              max_connections=self.max_concurrency) as client:
             if len(texts) == 1 or self.max_concurrency == 1:
                 out = [self._ask(client, t) for t in texts]
             else:

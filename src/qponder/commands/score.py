@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             raise QponderError("--samples > 1 needs --temperature > 0 (greedy samples would all be identical)")
         scorer = QualityScorer(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
-                               base_model=base_model)
+                               base_model=base_model, min_pixels=min_pixels, max_pixels=max_pixels)
 
         def show(rec: dict) -> None:
             if out is None:

@@ -174,7 +174,8 @@ def create_app(scorer_or_config, config: ServeConfig | None = None) -> FastAPI:
         scorer = QualityScorer(config.model, device=config.device, dtype=config.dtype,
                                max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                top_p=config.top_p, batch_size=config.max_batch, seed=config.seed,
-                               base_model=config.base_model)
+                               base_model=config.base_model, min_pixels=config.min_pixels,
+                               max_pixels=config.max_pixels)  # the processor's budget too, as `qponder eval`
     else:
         scorer = scorer_or_config
         config = config or ServeConfig()

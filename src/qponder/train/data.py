@@ -20,15 +20,16 @@ SFT_REQUIRED = ("image", "target")
 
 def read_sft_records(path: str | Path) -> list[dict]:
     """Distilled SFT records (``qponder distill`` output ``sft.jsonl``), validated with file:line errors."""
-    from qponder.io import read_jsonl
+    from qponder.io import iter_jsonl
 
     p = Path(path)
     if not p.exists():
         raise QponderError(f"{p}: SFT data file does not exist (run `qponder distill` first)")
-    records = read_jsonl(p, skip_bad_tail=False)
-    if not records:
-        raise QponderError(f"{p}: no SFT records")
-    for i, r in enumerate(records, 1):
+    records = []
+    for i, r in iter_jsonl(p, skip_bad_tail=False):
+        if not isinstance(r, dict):
+            raise QponderError(f"{p}:{i}: expected a JSON object, got {type(r).__name__}")
+        records.append(r)
         for k in SFT_REQUIRED:
             if not r.get(k):
                 raise QponderError(f"{p}:{i}: missing field {k!r}")
@@ -38,6 +39,8 @@ def read_sft_records(path: str | Path) -> list[dict]:
         if not img.exists():
             raise QponderError(f"{p}:{i}: image file {r['image']} does not exist")
         r["image"] = str(img)
+    if not records:
+        raise QponderError(f"{p}: no SFT records")
     return records
 
 
@@ -70,16 +73,18 @@ def sft_dataset(records: list[dict], prompt: str = STUDENT_PROMPT, min_pixels: O
 
 
 def grpo_dataset(samples: list[dict], prompt: str = STUDENT_PROMPT, min_pixels: Optional[int] = None,
-                 max_pixels: Optional[int] = None):
-    """``samples``: dicts with image (path), mos (normalised 1-5), image_id. Extra columns reach reward functions."""
+                 max_pixels: Optional[int] = None, source: str = "GRPO data"):
+    """``samples``: dicts with image (path), mos (normalised 1-5), image_id. Extra columns reach reward functions.
+    ``source`` names where they came from in error messages (a sample's own ``source`` field wins)."""
     from datasets import Dataset
 
-    for i, s in enumerate(samples):
+    for i, s in enumerate(samples, 1):
+        where = s.get("source") or f"{source}: sample {i}"
         for k in ("image", "mos", "image_id"):
             if s.get(k) is None:
-                raise QponderError(f"GRPO sample {i}: missing {k!r}")
+                raise QponderError(f"{where}: missing {k!r}")
         if not (isinstance(s["mos"], (int, float)) and math.isfinite(s["mos"])):
-            raise QponderError(f"GRPO sample {i} ({s['image_id']}): mos {s['mos']!r} is not a finite number")
+            raise QponderError(f"{where} ({s['image_id']}): mos {s['mos']!r} is not a finite number")
     rows = {
         "prompt": [[{"role": "user", "content": prompt}] for _ in samples],
         "image": [s["image"] for s in samples],

@@ -82,7 +82,8 @@ def load_grpo_samples(cfg: GRPOSettings) -> list[dict]:
     elif data.endswith(".jsonl") and Path(data).exists() and _looks_like_sft(data):
         from qponder.train.data import read_sft_records
 
-        samples = [{"image": r["image"], "mos": r.get("mos"), "image_id": r.get("image_id") or r["image"]}
+        samples = [{"image": r["image"], "mos": r.get("mos"), "image_id": r.get("image_id") or r["image"],
+                    "source": f"{data}: {r.get('image_id') or r['image']}"}
                    for r in read_sft_records(data) if cfg.split is None or r.get("split") in (None, cfg.split)]
     else:
         from qponder.data import load_samples
@@ -91,7 +92,7 @@ def load_grpo_samples(cfg: GRPOSettings) -> list[dict]:
     rows = []
     for s in samples:
         mos = s.get("mos_norm", s.get("mos"))
-        rows.append({"image": s["image"], "mos": mos, "image_id": s["image_id"]})
+        rows.append({"image": s["image"], "mos": mos, "image_id": s["image_id"], "source": s.get("source")})
     if cfg.max_samples:
         rows = rows[: cfg.max_samples]
     if not rows:
@@ -100,12 +101,14 @@ def load_grpo_samples(cfg: GRPOSettings) -> list[dict]:
 
 
 def _looks_like_sft(path: str) -> bool:
+    """A distilled sft.jsonl (its first record has a ``target``) rather than a JSONL manifest."""
     with open(path) as f:
-        first = f.readline()
+        first = next((line for line in f if line.strip()), "")
     try:
-        return "target" in json.loads(first)
+        rec = json.loads(first)
     except json.JSONDecodeError:
         return False
+    return isinstance(rec, dict) and "target" in rec
 
 
 def _with_completion_log(func, path: Path, every: int):
@@ -171,7 +174,8 @@ def run_grpo(cfg: GRPOSettings, callbacks: list | None = None) -> dict:
         kw.update(vllm_mode=g.vllm_mode, vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization)
     args = GRPOConfig(**trainer_common_kwargs(cfg.run, cfg.optim), **kw)
     lm.processor.tokenizer.padding_side = "left"
-    train_ds = grpo_dataset(samples, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+    train_ds = grpo_dataset(samples, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
+                            source=str(cfg.data))
     peft_cfg = lora_config(cfg.model.lora) if cfg.model.lora.enabled and not lm.is_adapter else None
     trainer = GRPOTrainer(model=lm.model, reward_funcs=funcs, args=args, train_dataset=train_ds,
                           processing_class=lm.processor, peft_config=peft_cfg,
