@@ -1,7 +1,7 @@
 """Where the time and memory of training and scoring go, as ratios measured in one run.
 
 * GRPO step split: generation / reward / the rest (forward + backward + optimizer), tiny model; and the reward share
-  of a step (target < 1 %).
+  of a step (target < 1 %). The model is untrained, so completions run to the length limit (the slow case).
 * ``qponder score`` batched (batch 8, 32) vs one image at a time, images/s.
 * Peak RSS of SFT and GRPO steps for the tiny and small models (each in its own process).
 
@@ -126,6 +126,8 @@ import json, resource, sys, torch
 torch.set_num_threads(2)
 stage, model, data, out = sys.argv[1:5]
 from qponder.config import load_config
+import qponder.train.sft, qponder.train.grpo, trl, qponder.data.demo  # imports first: their RSS is the baseline
+print("BASE_RSS_MIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 if stage == "sft":
     from qponder.train.sft import SFTSettings, run_sft
     run_sft(load_config(SFTSettings, None, [f"model.path={model}", f"data={data}", f"run.output_dir={out}",
@@ -139,14 +141,17 @@ print("PEAK_RSS_MIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
-def peak_rss(stage: str, model_dir: Path, data: Path, out: Path) -> float:
+def peak_rss(stage: str, model_dir: Path, data: Path, out: Path) -> dict:
+    """Peak RSS of 3 training steps in a fresh process, and the part above the imports' own footprint."""
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, stage, str(model_dir), str(data), str(out)],
                        capture_output=True, text=True, env=env, timeout=900)
-    for line in r.stdout.splitlines():
-        if line.startswith("PEAK_RSS_MIB"):
-            return float(line.split()[1])
-    raise RuntimeError(f"{stage} RSS run failed: {r.stderr[-1500:]}")
+    vals = {line.split()[0]: float(line.split()[1]) for line in r.stdout.splitlines()
+            if line.startswith(("PEAK_RSS_MIB", "BASE_RSS_MIB"))}
+    if "PEAK_RSS_MIB" not in vals:
+        raise RuntimeError(f"{stage} RSS run failed: {r.stderr[-1500:]}")
+    return {"peak_mib": vals["PEAK_RSS_MIB"], "after_imports_mib": vals["BASE_RSS_MIB"],
+            "training_mib": vals["PEAK_RSS_MIB"] - vals["BASE_RSS_MIB"]}
 
 
 def run(quick: bool = False) -> dict:

@@ -168,3 +168,20 @@ def test_demo_distillation_is_deterministic_and_sft_ready(tmp_path):
     card = json.loads((tmp_path / "a" / "card.json").read_text())
     assert card["teacher"]["backend"] == "rule" and "stand-in" in card["teacher"]["note"]
     assert "rule-based stand-in" in (tmp_path / "a" / "README.md").read_text()
+
+
+def test_fixed_wording_depends_on_the_image_only():
+    from PIL import Image, ImageFilter
+
+    from qponder.distill.rule_teacher import assess
+
+    base = Image.effect_noise((96, 96), 40).convert("RGB").filter(ImageFilter.GaussianBlur(1))
+    a = assess(base, "img/a", wording="fixed")
+    b = assess(base, "img/b", wording="fixed")
+    assert a.text == b.text  # same pixels -> same words, whatever the id
+    varied = {assess(base, f"img/{i}").reasoning for i in range(12)}
+    assert len(varied) > 1 and a.score == assess(base, "img/x").score  # wording never changes the score
+    blurred = assess(base.filter(ImageFilter.GaussianBlur(3)), "img/a", wording="fixed")
+    assert blurred.reasoning != a.reasoning
+    with pytest.raises(ValueError, match="unknown wording"):
+        assess(base, "img/a", wording="poetic")

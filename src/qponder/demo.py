@@ -34,12 +34,13 @@ class DemoSettings:
     family: str = "qwen2_5_vl"
     seed: int = 0
     tolerance: float = 0.75  # keep teacher rationales within this distance of the MOS (1-5 scale)
-    teacher_samples: int = 3  # rationales per training image from the rule teacher (differently worded)
-    sft_epochs: float = 12.0
+    teacher_samples: int = 1  # rationales per image (K > 1 enables the agreement filter; the rule teacher's scores
+    #                           are deterministic, so K only varies its wording)
+    sft_epochs: float = 8.0
     sft_lr: float = 2e-3
     sft_batch_size: int = 8
-    grpo_steps: int = 40
-    grpo_lr: float = 2e-5
+    grpo_steps: int = 30
+    grpo_lr: float = 5e-5
     grpo_num_generations: int = 4
     grpo_batch_size: int = 8
     max_new_tokens: int = 160  # demo rationales are 90-140 tokens

@@ -256,7 +256,9 @@ class RuleBackend(TeacherBackend):
         from qponder.prompts import prompt_fingerprint
 
         self.calibration_id = prompt_fingerprint(json_dumps(CALIBRATION, indent=None))
-        self.teacher_id = f"{RULE_TEACHER_VERSION}:{self.calibration_id}"
+        self.wording = settings.rule_wording if settings is not None else "varied"
+        self.teacher_id = f"{RULE_TEACHER_VERSION}:{self.calibration_id}" + (
+            "" if self.wording == "varied" else f":{self.wording}")
         self.max_batch = 32
         self.concurrency = 1
 
@@ -276,7 +278,8 @@ class RuleBackend(TeacherBackend):
             try:
                 # The rule teacher ignores the prompt text; `seed` (the attempt number) only changes the wording.
                 base = r.seed or 0
-                out.append(TeacherReply(texts=[assess(r.payload, r.image_id, sample=base + j).text
+                out.append(TeacherReply(texts=[assess(r.payload, r.image_id, sample=base + j,
+                                                      wording=self.wording).text
                                                for j in range(r.n)], requests=1))
             except ValueError as e:  # e.g. an image too small to measure
                 out.append(QponderError(f"{r.image_id}: {e}"))

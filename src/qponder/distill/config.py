@@ -40,6 +40,8 @@ class TeacherSettings:
     top_p: float = 1.0
     max_tokens: int = 1024
     seed: Optional[int] = None  # forwarded to the server (openai) / generation seed (local)
+    # rule (offline stand-in) backend: "varied" phrasing per image like a real teacher, or "fixed" phrasing
+    rule_wording: Literal["varied", "fixed"] = "varied"
     # local (transformers) backend
     device: str = "auto"
     dtype: str = "auto"

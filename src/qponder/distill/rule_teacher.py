@@ -475,6 +475,17 @@ def _rng_for(image_id: str, sample: int) -> random.Random:
     return random.Random(zlib.crc32(f"{image_id}\x00{sample}".encode("utf-8")))
 
 
+class _FirstPhrasing:
+    """Stands in for the wording rng when ``wording="fixed"``: always the first phrasing of each sentence."""
+
+    @staticmethod
+    def choice(options):
+        return options[0]
+
+
+WORDINGS = ("varied", "fixed")
+
+
 @dataclass(frozen=True)
 class RuleOutput:
     reasoning: str
@@ -484,12 +495,20 @@ class RuleOutput:
     penalties: dict[str, float]
 
 
-def assess(image: Any, image_id: str, sample: int = 0) -> RuleOutput:
-    """Assess one image. Deterministic in (image pixels, image_id, sample)."""
+def assess(image: Any, image_id: str, sample: int = 0, wording: str = "varied") -> RuleOutput:
+    """Assess one image. Deterministic in (image pixels, image_id, sample).
+
+    ``wording="varied"`` draws each sentence's phrasing from (image_id, sample), as a real teacher varies its
+    language; ``"fixed"`` always uses the first phrasing, so the text depends on what is measured only (a small
+    student trained on CPU then spends its capacity on the image-dependent words).
+    """
+    if wording not in WORDINGS:
+        raise ValueError(f"unknown wording {wording!r}; use one of {WORDINGS}")
     m = measure(image)
     pens = penalties(m)
     score = score_of(m)
-    reasoning = rationale(m, score, _rng_for(image_id, sample), pens)
+    rng = _rng_for(image_id, sample) if wording == "varied" else _FirstPhrasing()
+    reasoning = rationale(m, score, rng, pens)
     return RuleOutput(reasoning=reasoning, score=score, text=format_target(reasoning, score), measurements=m,
                       penalties={k: round(v, 4) for k, v in pens.items()})
 
