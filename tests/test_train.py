@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -190,28 +189,43 @@ def _env():
     return env
 
 
-def test_sft_resumes_after_a_kill(tiny_model_dir, data_file, tmp_path):
-    out = tmp_path / "resume"
-    cmd = [sys.executable, "-m", "qponder", "sft", "--model", str(tiny_model_dir), "--data", str(data_file),
-           "--output-dir", str(out), "--max-steps", "40", "--set", "model.dtype=float32",
-           "--set", "optim.batch_size=4", "--set", "run.save_steps=5", "--set", "run.save_total_limit=2",
-           "--set", "run.logging_steps=1", "--set", "optim.learning_rate=1e-3"]
+def _kill_after_checkpoint(cmd: list[str], out: Path, step: int) -> int:
+    """Run ``cmd``, SIGKILL it once checkpoint-``step`` is complete; return the newest complete checkpoint step."""
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "checkpoint-10" / "trainer_state.json").exists():
+    deadline = time.time() + 180
+    while time.time() < deadline and not (out / f"checkpoint-{step}" / "trainer_state.json").exists():
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / "checkpoint-10").exists(), "no checkpoint was written before the kill"
+    assert (out / f"checkpoint-{step}").exists(), "no checkpoint was written before the kill"
     assert not (out / "final").exists()
-    killed_at = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")
-                    if (p / "trainer_state.json").exists())
+    return max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists())
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_training_resumes_after_a_kill(stage, tiny_model_dir, sft_trained, data_file, tmp_path):
+    out = tmp_path / f"resume-{stage}"
+    common = ["--data", str(data_file), "--output-dir", str(out), "--set", "model.dtype=float32",
+              "--set", "run.save_steps=5", "--set", "run.save_total_limit=2", "--set", "run.logging_steps=1"]
+    if stage == "sft":
+        steps = 40
+        cmd = [sys.executable, "-m", "qponder", "sft", "--model", str(tiny_model_dir), "--max-steps", str(steps),
+               "--set", "optim.batch_size=4", "--set", "optim.learning_rate=1e-3", *common]
+    else:
+        steps = 15
+        cmd = [sys.executable, "-m", "qponder", "grpo", "--model", str(sft_trained[0] / "final"),
+               "--max-steps", str(steps), "--set", "optim.batch_size=8", "--set", "generation.num_generations=4",
+               "--set", "generation.max_completion_length=24", "--set", "log_completions_every=0", *common]
+    killed_at = _kill_after_checkpoint(cmd, out, 5 if stage == "grpo" else 10)
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "SFT done: 40 steps" in done.stdout
+    assert f"{stage.upper()} done: {steps} steps" in done.stdout
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip().endswith("}")]
-    second_run = [r["step"] for r in logs if "loss" in r and r["step"] > killed_at]
-    assert min(second_run) == killed_at + 1 and max(second_run) == 40  # continued from the checkpoint
+    key = "loss" if stage == "sft" else "reward"
+    second_run = [r["step"] for r in logs if key in r and r["step"] > killed_at]
+    assert min(second_run) == killed_at + 1 and max(second_run) == steps  # continued from the checkpoint
+    state = json.loads((out / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    assert state["global_step"] == steps
 
 
 def test_two_process_cpu_grpo(sft_trained, data_file, tmp_path):

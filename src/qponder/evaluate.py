@@ -97,7 +97,7 @@ def _safe_dirname(name: str) -> str:
 
 def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
     """Run the evaluation; returns ``{benchmark: metrics}`` and writes the files described in the module doc."""
-    from qponder.infer import QualityScorer, score_files
+    from qponder.infer import score_files
     from qponder.io import read_jsonl, write_json_atomic, write_text_atomic
     from qponder.metrics import summarize
     from qponder.report import markdown_table, scatter_plot

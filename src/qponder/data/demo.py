@@ -281,7 +281,7 @@ def dataset_card(seed: int, size: str, rows: list[dict[str, str]] | None = None)
         "By photograph, seeded (`numpy` permutation of the photo list): "
         + ", ".join(f"{s}: {', '.join(sorted(n for n, v in splits.items() if v == s))}"
                     for s in ("train", "val", "test"))
-        + f". About 60/15/25 % (5/1/3 photographs); every image of a photograph is in the same split.",
+        + ". About 60/15/25 % (5/1/3 photographs); every image of a photograph is in the same split.",
         "",
         "## Reference photographs",
         "| name | package file | credit | licence |",

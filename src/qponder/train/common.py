@@ -201,6 +201,20 @@ def save_final(trainer, processor, output_dir: str | Path, is_peft: bool, merge_
     return paths
 
 
+def train_and_save(trainer, lm, cfg, peft_cfg) -> dict[str, Any]:
+    """Train (resuming from the newest checkpoint when ``cfg.run.resume``), write final/ (and merged/), shut down
+    the process group. Shared tail of both stages."""
+    resume = last_checkpoint(cfg.run.output_dir) if cfg.run.resume else None
+    if resume:
+        log.warning("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    is_peft = peft_cfg is not None or lm.is_adapter
+    paths = save_final(trainer, lm.processor, cfg.run.output_dir, is_peft=is_peft, merge_lora=cfg.merge_lora)
+    finish_distributed()
+    return {"paths": paths, "global_step": result.global_step, "train_loss": result.training_loss,
+            "resumed_from": resume}
+
+
 def finish_distributed() -> None:
     """Clean gloo/NCCL shutdown: without it a rank can abort at interpreter exit after training finished."""
     import torch

@@ -14,11 +14,9 @@ from qponder.train.common import (
     ModelSettings,
     OptimSettings,
     RunSettings,
-    finish_distributed,
-    last_checkpoint,
     load_for_training,
     lora_config,
-    save_final,
+    train_and_save,
     trainer_common_kwargs,
 )
 
@@ -62,12 +60,4 @@ def run_sft(cfg: SFTSettings, callbacks: list | None = None) -> dict:
     peft_cfg = lora_config(cfg.model.lora) if cfg.model.lora.enabled and not lm.is_adapter else None
     trainer = SFTTrainer(model=lm.model, args=args, train_dataset=train_ds, processing_class=lm.processor,
                          peft_config=peft_cfg, callbacks=[JsonlLogCallback(out / "log.jsonl"), *(callbacks or [])])
-    resume = last_checkpoint(out) if cfg.run.resume else None
-    if resume:
-        log.warning("resuming SFT from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
-    is_peft = peft_cfg is not None or lm.is_adapter
-    paths = save_final(trainer, lm.processor, out, is_peft=is_peft, merge_lora=cfg.merge_lora)
-    finish_distributed()
-    return {"paths": paths, "global_step": result.global_step, "train_loss": result.training_loss,
-            "resumed_from": resume, "n_records": len(records)}
+    return {**train_and_save(trainer, lm, cfg, peft_cfg), "n_records": len(records)}
