@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -52,7 +53,8 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), out: Path = Pat
              "grpo_reward_trend": _trend(rewards), "seconds": summary["seconds"]}
 
     def agg(stage: str, key: str) -> dict:
-        vals = [s[stage][key] for s in per_seed.values() if s[stage][key] is not None]
+        vals = [s[stage][key] for s in per_seed.values()
+                if s[stage][key] is not None and math.isfinite(s[stage][key])]
         return {"mean": statistics.fmean(vals) if vals else None,
                 "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0, "values": vals}
 

@@ -15,6 +15,7 @@ model reaches.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -74,53 +75,65 @@ def run_demo(cfg: DemoSettings) -> dict:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    # Seconds per stage of the run that did the work: a resumed stage keeps the time recorded when it ran.
+    timings_file = out / "timings.json"
+    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
 
     def stage(name: str):
         t = time.time()
         print(f"== {name}", flush=True)
-        return lambda: timings.__setitem__(name, round(time.time() - t, 1))
+
+        def done(did_work: bool = True) -> None:
+            if did_work or name not in timings:
+                timings[name] = round(time.time() - t, 1)
+                write_json_atomic(timings, timings_file)
+
+        return done
 
     done = stage("model")
     base = out / "model-untrained"
-    if not (base / "config.json").exists():
+    built = not (base / "config.json").exists()
+    if built:
         build_tiny_model(base, family=cfg.family, size=cfg.model_size, seed=cfg.seed)
-    done()
+    done(built)
 
     done = stage("data")
     manifest = build_demo_dataset(seed=cfg.seed)
-    done()
+    done(False)  # built once per machine, then cached
 
     done = stage("distill (rule teacher)")
     dcfg = load_config(DistillSettings, None, [
         "data=demo", f"demo_seed={cfg.seed}", "split=train", f"out={out / 'distill'}", "teacher.backend=rule",
         f"filter.tolerance={cfg.tolerance}", f"filter.k_samples={cfg.teacher_samples}",
         f"progress={str(cfg.progress).lower()}"])
-    distill_stats = run_distill(dcfg).stats
+    distilled = run_distill(dcfg)
+    distill_stats = distilled.stats
     sft_data = out / "distill" / "sft.jsonl"
-    done()
+    done(distilled.n_skipped < distilled.n_selected)
 
     results: dict[str, dict] = {}
     done = stage("eval untrained")
     results["untrained"] = _eval(base, out / "eval-untrained", cfg)
-    done()
+    done(results["untrained"]["scored_now"] > 0)
 
     done = stage("sft")
     sft_dir = out / "sft"
-    if not (sft_dir / "final" / "config.json").exists():
+    trained = not (sft_dir / "final" / "config.json").exists()
+    if trained:
         run_sft(load_config(SFTSettings, None, [
             f"model.path={base}", f"data={sft_data}", f"run.output_dir={sft_dir}", "model.dtype=float32",
             f"optim.epochs={cfg.sft_epochs}", f"optim.learning_rate={cfg.sft_lr}",
             f"optim.batch_size={cfg.sft_batch_size}", "optim.warmup_ratio=0.05", f"run.seed={cfg.seed}",
             "run.logging_steps=5", "run.save_steps=100", "run.save_total_limit=1"]))
-    done()
+    done(trained)
     done = stage("eval sft")
     results["sft"] = _eval(sft_dir / "final", out / "eval-sft", cfg)
-    done()
+    done(results["sft"]["scored_now"] > 0)
 
     done = stage("grpo")
     grpo_dir = out / "grpo"
-    if not (grpo_dir / "final" / "config.json").exists():
+    trained = not (grpo_dir / "final" / "config.json").exists()
+    if trained:
         run_grpo(load_config(GRPOSettings, None, [
             f"model.path={sft_dir / 'final'}", "data=demo", "split=train", f"run.output_dir={grpo_dir}",
             "model.dtype=float32", f"optim.max_steps={cfg.grpo_steps}", f"optim.learning_rate={cfg.grpo_lr}",
@@ -128,10 +141,10 @@ def run_demo(cfg: DemoSettings) -> dict:
             f"generation.num_generations={cfg.grpo_num_generations}",
             f"generation.max_completion_length={cfg.max_new_tokens}", f"run.seed={cfg.seed}",
             "run.logging_steps=1", "run.save_steps=20", "run.save_total_limit=1", "log_completions_every=10"]))
-    done()
+    done(trained)
     done = stage("eval grpo")
     results["grpo"] = _eval(grpo_dir / "final", out / "eval-grpo", cfg)
-    done()
+    done(results["grpo"]["scored_now"] > 0)
 
     summary = {"settings": cfg.__dict__, "results": results, "distill": distill_stats, "seconds": timings,
                "manifest": str(manifest)}
