@@ -29,6 +29,55 @@ def _trend(points: list[float]) -> float | None:
     return statistics.fmean(points[-k:]) - statistics.fmean(points[:k])
 
 
+def vision_probe(vision_init: str, seed: int = 0, crops: int = 1, out: Path = Path("bench-out/learning")) -> float:
+    """Test SRCC of a ridge probe on the untrained small model's pooled vision features (per-token direction mean and
+    spread), fitted on the demo's training photographs: how much transferable quality signal the vision tower gives
+    the language model before any training. ``crops`` > 1 adds random 112 px crops of each training image."""
+    import random
+
+    import torch
+    from scipy.stats import spearmanr
+
+    from qponder.data import load_image
+    from qponder.data.demo import load_demo_samples
+    from qponder.infer import QualityScorer
+    from qponder.models import build_tiny_model
+
+    folder = build_tiny_model(out / f"probe-{vision_init}", size="small", seed=seed, vision_init=vision_init)
+    scorer = QualityScorer(str(folder), device="cpu")
+    rng = random.Random(seed)
+
+    def views(path: str, n: int) -> list:
+        img = load_image(path)
+        if n == 1:
+            return [img]
+        return [img.crop((x, y, x + 112, y + 112)) for x, y in
+                ((rng.randrange(0, img.width - 111, 14), rng.randrange(0, img.height - 111, 14)) for _ in range(n))]
+
+    def features(images: list):
+        rows = []
+        for i in range(0, len(images), 32):
+            batch = images[i:i + 32]
+            inputs = scorer._inputs(batch, scorer._texts(len(batch), scorer.prompt, None))
+            with torch.inference_mode():
+                out_ = scorer.model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+            v = out_.pooler_output if hasattr(out_, "pooler_output") else out_
+            v = torch.nn.functional.normalize(v.view(len(batch), -1, v.shape[-1]), dim=-1)
+            rows.append(torch.cat([v.mean(1), v.std(1)], 1))
+        return torch.cat(rows)
+
+    train = load_demo_samples(split="train", seed=seed)
+    test = load_demo_samples(split="test", seed=seed)
+    x_train = features([v for s in train for v in views(s.image, crops)])
+    y_train = torch.tensor([s.mos for s in train for _ in range(crops)])
+    x_test = features([load_image(s.image) for s in test])
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+    a = torch.cat([(x_train - mu) / sd, torch.ones(len(x_train), 1)], 1)
+    b = torch.cat([(x_test - mu) / sd, torch.ones(len(x_test), 1)], 1)
+    w = torch.linalg.solve(a.T @ a + 100.0 * torch.eye(a.shape[1]), a.T @ y_train)
+    return float(spearmanr((b @ w).tolist(), [s.mos for s in test]).correlation)
+
+
 def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), out: Path = Path("bench-out/learning")) -> dict:
     from qponder.demo import DemoSettings, run_demo
     from qponder.train.common import read_log
@@ -65,13 +114,16 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), out: Path = Pat
     trends = [s["grpo_reward_trend"] for s in per_seed.values() if s["grpo_reward_trend"] is not None]
     targets = {
         "sft_srcc_ge_0.6": sft_srcc is not None and sft_srcc >= TARGET_SFT_SRCC,
-        "sft_parse_fail_le_5pct": (table["sft"]["parse_failure_rate"]["mean"] or 1) <= TARGET_PARSE_FAIL,
+        "sft_parse_fail_le_5pct": table["sft"]["parse_failure_rate"]["mean"] is not None
+        and table["sft"]["parse_failure_rate"]["mean"] <= TARGET_PARSE_FAIL,
         "grpo_reward_rises": bool(trends) and statistics.fmean(trends) > 0,
         "grpo_srcc_not_below_sft_minus_noise": None if sft_srcc is None or grpo_srcc is None
         else grpo_srcc >= sft_srcc - noise,
     }
+    probes = {f"{init}_crops{c}": vision_probe(init, seeds[0], c, out)
+              for init, c in (("random", 1), ("dct", 1), ("dct", 8))} if not quick else {}
     result = {"seeds": list(seeds), "model_size": "tiny" if quick else "small", "per_seed": per_seed,
-              "summary": table, "targets": targets, "noise_srcc": noise}
+              "summary": table, "targets": targets, "noise_srcc": noise, "vision_probe_test_srcc": probes}
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning.json").write_text(json.dumps(result, indent=2))
     return result
