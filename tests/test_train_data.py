@@ -60,3 +60,14 @@ def test_grpo_rows_from_the_demo_carry_their_manifest_row():
     rows = load_grpo_samples(GRPOSettings(data="demo", split="train", max_samples=3))
     assert len(rows) == 3 and all(1 <= r["mos"] <= 5 for r in rows)
     assert all(r["source"].split(":")[0].endswith("manifest.csv") for r in rows)
+
+
+def test_demo_seed_reaches_grpo_and_eval_so_test_photos_never_train():
+    from qponder.data.demo import load_demo_samples
+    from qponder.evaluate import benchmark_samples
+
+    for seed in (0, 1, 2):
+        train = {r["image"] for r in load_grpo_samples(GRPOSettings(data="demo", demo_seed=seed, split="train"))}
+        test = {s.image for s in benchmark_samples("demo", None, "default", None, demo_seed=seed)}
+        assert train == {s.image for s in load_demo_samples(split="train", seed=seed)}
+        assert test and not train & test

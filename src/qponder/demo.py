@@ -56,6 +56,7 @@ def _eval(model: Path, out: Path, cfg: DemoSettings) -> dict:
     from qponder.evaluate import EvalSettings, evaluate
 
     ecfg = EvalSettings(model=str(model), benchmarks=["demo"], split="test", max_samples=cfg.eval_max_samples,
+                        demo_seed=cfg.seed,
                         out=str(out), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size,
                         readout="both", device="cpu", dtype="float32", seed=cfg.seed, progress=cfg.progress)
     return evaluate(ecfg)["demo"]
@@ -135,7 +136,8 @@ def run_demo(cfg: DemoSettings) -> dict:
     trained = not (grpo_dir / "final" / "config.json").exists()
     if trained:
         run_grpo(load_config(GRPOSettings, None, [
-            f"model.path={sft_dir / 'final'}", "data=demo", "split=train", f"run.output_dir={grpo_dir}",
+            f"model.path={sft_dir / 'final'}", "data=demo", f"demo_seed={cfg.seed}", "split=train",
+            f"run.output_dir={grpo_dir}",
             "model.dtype=float32", f"optim.max_steps={cfg.grpo_steps}", f"optim.learning_rate={cfg.grpo_lr}",
             f"optim.batch_size={cfg.grpo_batch_size}", "optim.lr_scheduler=constant",
             f"generation.num_generations={cfg.grpo_num_generations}",

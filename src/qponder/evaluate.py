@@ -30,6 +30,7 @@ class EvalSettings:
     data_root: Optional[str] = None
     split: Optional[str] = "default"  # default: each benchmark's test split (KonIQ official test; whole set elsewhere)
     max_samples: Optional[int] = None
+    demo_seed: int = 0  # benchmark "demo": which seeded photo split (must match the training's)
     out: str = "runs/eval"
     samples: int = 1
     temperature: float = 0.0
@@ -51,12 +52,12 @@ class EvalSettings:
 
 
 def benchmark_samples(name: str, data_root: Optional[str], split: Optional[str],
-                      max_samples: Optional[int]) -> list[Any]:
+                      max_samples: Optional[int], demo_seed: int = 0) -> list[Any]:
     """The samples of one benchmark's evaluation split, through the data layer (``demo`` needs no data root)."""
     if name == "demo":
         from qponder.data.demo import load_demo_samples
 
-        samples = load_demo_samples(split="test" if split == "default" else split)
+        samples = load_demo_samples(split="test" if split == "default" else split, seed=demo_seed)
     else:
         from qponder.data import load_benchmark
 
@@ -110,7 +111,8 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic({k: v for k, v in asdict(cfg).items()}, out / "eval_config.json")
     # Resolve every benchmark before loading the model: a wrong path fails in a second, not after the first set.
-    per_bench = {b: benchmark_samples(b, cfg.data_root, cfg.split, cfg.max_samples) for b in cfg.benchmarks}
+    per_bench = {b: benchmark_samples(b, cfg.data_root, cfg.split, cfg.max_samples, cfg.demo_seed)
+                 for b in cfg.benchmarks}
     if scorer is None:
         scorer = make_scorer(cfg)
     results: dict[str, dict] = {}

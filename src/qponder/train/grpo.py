@@ -52,6 +52,7 @@ class GenerationSettings:
 class GRPOSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
     data: str = "demo"  # demo | sft.jsonl from distill | a manifest (csv/json/jsonl, pyiqa / DeQA / plain)
+    demo_seed: int = 0  # data=demo: which seeded photo split (must match the distillation's)
     data_root: Optional[str] = None
     dataset: str = "custom"
     split: Optional[str] = "train"
@@ -76,7 +77,7 @@ def load_grpo_samples(cfg: GRPOSettings) -> list[dict]:
     if data == "demo":
         from qponder.data.demo import load_demo_samples
 
-        samples = [s.to_dict() for s in load_demo_samples(split=cfg.split)]
+        samples = [s.to_dict() for s in load_demo_samples(split=cfg.split, seed=cfg.demo_seed)]
     elif data.endswith(".jsonl") and Path(data).exists() and _looks_like_sft(data):
         from qponder.train.data import read_sft_records
 
