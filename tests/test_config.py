@@ -69,3 +69,13 @@ def test_bad_overrides_and_missing_file(tmp_path):
         load_config(Cfg, None, ["lora.x=1"])
     with pytest.raises(QponderError, match="does not exist"):
         load_config(Cfg, tmp_path / "missing.yaml")
+
+
+def test_cli_flag_values_are_not_reparsed_as_yaml(tmp_path):
+    from qponder.config import cli_overrides
+
+    over = cli_overrides(["steps=3", "lora.r=4"], {"model": "2024_01", "out": tmp_path / "0755", "bf16": True,
+                                                   "lr": None, "steps": 5})
+    cfg = load_config(Cfg, None, over)
+    assert cfg.model == "2024_01" and cfg.out == str(tmp_path / "0755") and cfg.bf16 is True
+    assert cfg.steps == 5 and cfg.lora.r == 4 and cfg.lr == Cfg().lr  # flags win over --set; None = not given

@@ -144,3 +144,15 @@ def test_score_command_errors(tiny_model_dir, tmp_path, capsys):
     assert "model folder does not exist" in capsys.readouterr().err
     assert cli_main(["score", str(p), "--model", str(tiny_model_dir), "--samples", "3"]) == 2
     assert "--temperature > 0" in capsys.readouterr().err
+
+
+def test_score_output_written_with_other_settings_is_refused(tiny_model_dir, tmp_path, capsys):
+    p = tmp_path / "one.png"
+    _images(1)[0].save(p)
+    out = tmp_path / "s.jsonl"
+    base = ["score", str(p), "--model", str(tiny_model_dir), "--out", str(out), "--max-new-tokens", "4"]
+    assert cli_main(base) == 0
+    assert cli_main(base + ["--readout", "levels"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds predictions made with other settings" in err and str(out) in err
+    assert len(out.read_text().splitlines()) == 1  # nothing mixed in

@@ -171,3 +171,10 @@ def test_dct_patch_embedding_is_an_orthonormal_frequency_bank(tmp_path):
     assert not np.allclose(w, dict(rnd.named_parameters())["model.visual.patch_embed.proj.weight"].detach().numpy())
     with pytest.raises(QponderError, match="unknown vision_init"):
         build_tiny_model(tmp_path / "x", vision_init="imagenet")
+
+
+def test_a_missing_relative_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(QponderError, match="runs/final: model folder does not exist"):
+        load_model_and_processor("runs/final")

@@ -128,6 +128,19 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
+def cli_overrides(sets: list[str] | None, fields: dict[str, Any]) -> dict:
+    """``--set KEY=VALUE`` strings (values parsed as YAML) plus typed CLI flag values keyed by dotted field name.
+
+    Flag values are taken as they are (a ``--out 2024_01`` stays the string ``"2024_01"``), never re-parsed;
+    ``None`` means the flag was not given. Flags win over ``--set``.
+    """
+    out = parse_overrides(sets)
+    for key, value in fields.items():
+        if value is not None:
+            _set_dotted(out, key, str(value) if isinstance(value, Path) else value)
+    return out
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():

@@ -105,6 +105,7 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
 
     if not cfg.benchmarks:
         raise QponderError("no benchmarks given")
+    cfg.benchmarks = expand_benchmarks(cfg.benchmarks)  # aliases and protocol names, from flags or recipes
     if cfg.samples > 1 and cfg.temperature <= 0:
         raise QponderError("samples > 1 needs temperature > 0")
     out = Path(cfg.out)
@@ -169,9 +170,17 @@ def make_scorer(cfg: EvalSettings):
     from qponder.infer import QualityScorer
 
     backend = cfg.backend
+    adapter = (Path(cfg.model) / "adapter_config.json").exists() and not (Path(cfg.model) / "config.json").exists()
     if backend == "auto":
-        backend = "vllm" if _vllm_usable() else "hf"
+        # vLLM only for what it can do here: generated answers from a full checkpoint.
+        backend = "vllm" if _vllm_usable() and cfg.readout == "generate" and not adapter else "hf"
     if backend == "vllm":
+        if cfg.readout != "generate":
+            raise QponderError("the vLLM backend reads generated answers only; use --backend hf for the level "
+                               "read-out")
+        if adapter:
+            raise QponderError(f"{cfg.model}: a LoRA adapter folder; export a merged model (qponder sft --merge) "
+                               "for the vLLM backend, or use --backend hf")
         from qponder.infer_vllm import VLLMScorer
 
         return VLLMScorer(cfg.model, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,

@@ -14,6 +14,7 @@ batch plan of a run does not depend on what an interrupted earlier run already f
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import zlib
@@ -166,8 +167,10 @@ class QualityScorer:
         max_new = max_new_tokens or self.max_new_tokens
         texts = self._texts(len(images), user_text or self.prompt, system)
         inputs = self._inputs(images, texts)
+        # Explicit sampling settings: a checkpoint's generation_config (e.g. repetition_penalty 1.05 in Qwen's
+        # instruct models) must not make evaluation decode differently from GRPO's sampling and the vLLM backend.
         gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new, num_return_sequences=n,
-                                          do_sample=temperature > 0)
+                                          do_sample=temperature > 0, repetition_penalty=1.0)
         if temperature > 0:
             gen_kwargs.update(temperature=temperature, top_p=self.top_p if top_p is None else top_p, top_k=0)
         tok = self.processor.tokenizer
@@ -289,13 +292,27 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
 
     from qponder.data import load_image
     from qponder.io import append_jsonl, read_jsonl
+    from qponder.prompts import prompt_fingerprint
 
-    names = list(names) if names is not None else [str(p) for p in paths]
-    if len(set(names)) != len(names):
-        raise QponderError("duplicate image names in one scoring run")
+    names = list(names) if names is not None else [str(Path(p).resolve()) for p in paths]
+    dupes = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(names) else []
+    if dupes:
+        raise QponderError(f"the same image is listed twice in one scoring run: {dupes[0]}")
+    # Everything that changes a prediction; a resumed file must have been written with the same settings.
+    settings = {"model": scorer.model_name, "prompt": prompt_fingerprint(scorer.prompt), "samples": samples,
+                "readout": readout, "temperature": scorer.temperature if temperature is None else temperature,
+                "top_p": scorer.top_p, "max_new_tokens": scorer.max_new_tokens, "seed": scorer.seed,
+                "min_pixels": min_pixels, "max_pixels": max_pixels}
+    settings_id = prompt_fingerprint(json.dumps(settings, sort_keys=True, default=str))
     done: set[str] = set()
     if out_path and Path(out_path).exists():
-        done = {r["image"] for r in read_jsonl(out_path) if isinstance(r, dict) and "image" in r}
+        old = [r for r in read_jsonl(out_path) if isinstance(r, dict) and "image" in r]
+        other = next((r for r in old if r.get("settings_id") != settings_id), None)
+        if other is not None:
+            raise QponderError(
+                f"{out_path}: already holds predictions made with other settings (model {other.get('model')!r}, "
+                f"readout {other.get('readout')!r}); resuming would mix them. Use another output or delete it.")
+        done = {r["image"] for r in old}
     stats = ScoreRunStats(skipped_done=sum(1 for n in names if n in done))
     # Pixel counts from headers only (cheap), for the batch plan over ALL images so resume == fresh run.
     sizes = []
@@ -330,6 +347,7 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
                 continue
             rec = res.to_dict()
             rec["model"] = scorer.model_name
+            rec["settings_id"] = settings_id
             if extra is not None:
                 rec.update(extra[i])
             if out_path:

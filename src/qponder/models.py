@@ -208,8 +208,10 @@ def _local_dir(path: str) -> Path | None:
         if not p.is_dir():
             raise QponderError(f"{p}: expected a model folder, found a file")
         return p
-    # Looks like a path (absolute, ./, ../ or more than one slash) but is missing: say so instead of asking the hub.
-    if path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep in path and os.sep != "/":
+    # Looks like a path (absolute, ./, ../, more than one slash, or its parent folder exists here) but is missing:
+    # say so instead of asking the hub.
+    if (path.startswith((".", "/", "~")) or path.count("/") > 1 or (os.sep != "/" and os.sep in path)
+            or ("/" in path and p.parent.is_dir())):
         raise QponderError(f"{path}: model folder does not exist")
     return None
 
@@ -235,7 +237,9 @@ def _family_of(path: str) -> str:
         raise
     except Exception as e:
         raise QponderError(f"{path!r} is not a local folder and could not be fetched as a hub id "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); without "
+                           "internet, pass a local checkpoint folder (or set HF_HUB_OFFLINE=1 to use the cache "
+                           "only)") from e
 
 
 @dataclass

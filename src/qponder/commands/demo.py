@@ -9,19 +9,18 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        out: str = typer.Option("demo-out", help="= out: where models, data records, plots and report.md go."),
+        out: Optional[str] = typer.Option(None, help="= out (default demo-out): models, data records, plots, "
+                                                     "report.md"),
         size: Optional[str] = typer.Option(None, help="= model_size: small (default, minutes) | tiny (seconds)"),
         seed: Optional[int] = typer.Option(None, help="= seed"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with any DemoSettings fields."),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any field: --set grpo_steps=10"),
     ) -> None:
         """The main job: tiny model + built-in demo data -> distil -> SFT -> GRPO -> evaluate -> report (CPU)."""
-        from qponder.config import load_config
+        from qponder.config import cli_overrides, load_config
         from qponder.demo import DemoSettings, run_demo
 
-        fields = {"out": out, "model_size": size, "seed": seed}
-        overrides = list(set_ or []) + [f"{k}={v}" for k, v in fields.items() if v is not None]
-        cfg = load_config(DemoSettings, config, overrides)
+        cfg = load_config(DemoSettings, config, cli_overrides(set_, {"out": out, "model_size": size, "seed": seed}))
         summary = run_demo(cfg)
         rows = summary["results"]
         typer.echo("\nstage       SRCC    PLCC    parse-fail")

@@ -24,17 +24,16 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="= progress=false"),
     ) -> None:
         """Cold start: a teacher reasons about training images; answers near the MOS become SFT data. Resumable."""
-        from qponder.config import load_config
+        from qponder.config import cli_overrides, load_config
         from qponder.distill import DistillSettings, run_distill
 
         fields = {"out": out, "max_samples": max_samples, "data": data, "split": split, "teacher.backend": teacher,
                   "teacher.model": model, "teacher.base_url": base_url, "prompt": prompt}
-        overrides = list(set_ or []) + [f"{k}={v}" for k, v in fields.items() if v is not None]
         if overwrite:
-            overrides.append("overwrite=true")
+            fields["overwrite"] = True
         if no_progress:
-            overrides.append("progress=false")
-        cfg = load_config(DistillSettings, config, overrides)
+            fields["progress"] = False
+        cfg = load_config(DistillSettings, config, cli_overrides(set_, fields))
         res = run_distill(cfg)
         st = res.stats
         reasons = ", ".join(f"{k} {v}" for k, v in st["reasons"].items() if k != "kept") or "none"

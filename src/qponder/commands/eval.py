@@ -14,7 +14,9 @@ def register(app: typer.Typer) -> None:
                                                             "kadid10k, pipal, livec, agiqa3k, csiq, tid2013, or "
                                                             "protocol-a)"),
         data_root: Optional[str] = typer.Option(None, help="= data_root: folder holding the benchmark datasets"),
-        split: Optional[str] = typer.Option(None, help="= split (default test)"),
+        split: Optional[str] = typer.Option(None, help="= split: default (each benchmark's test split: KonIQ's "
+                                                       "official test, the whole set elsewhere) | train | val | "
+                                                       "test"),
         max_samples: Optional[int] = typer.Option(None, help="= max_samples per benchmark"),
         out: Optional[str] = typer.Option(None, help="= out (results folder; re-running resumes)"),
         samples: Optional[int] = typer.Option(None, help="= samples per image (mean score)"),
@@ -28,19 +30,15 @@ def register(app: typer.Typer) -> None:
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any field: --set max_new_tokens=512"),
     ) -> None:
         """Evaluate on IQA benchmarks: predictions.jsonl, results.json/.md, scatter plots. Resumable."""
-        from qponder.config import load_config
-        from qponder.evaluate import EvalSettings, evaluate
+        from qponder.config import cli_overrides, load_config
         from qponder.errors import QponderError
+        from qponder.evaluate import EvalSettings, evaluate
 
         fields = {"model": model, "data_root": data_root, "split": split, "max_samples": max_samples,
                   "out": out, "samples": samples, "temperature": temperature, "readout": readout,
-                  "batch_size": batch_size, "backend": backend, "judge_url": judge}
-        overrides = list(set_ or []) + [f"{k}={v}" for k, v in fields.items() if v is not None]
-        if benchmarks:
-            from qponder.evaluate import expand_benchmarks
-
-            overrides.append("benchmarks=[" + ",".join(expand_benchmarks(benchmarks)) + "]")
-        cfg = load_config(EvalSettings, config, overrides)
+                  "batch_size": batch_size, "backend": backend, "judge_url": judge,
+                  "benchmarks": benchmarks.split(",") if benchmarks else None}
+        cfg = load_config(EvalSettings, config, cli_overrides(set_, fields))
         if not cfg.model:
             raise QponderError("--model is required")
         results = evaluate(cfg)

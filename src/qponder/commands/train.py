@@ -19,10 +19,6 @@ STAGES = {
 }
 
 
-def _flag(value: Optional[bool]) -> Optional[str]:
-    return None if value is None else str(value).lower()
-
-
 def _add_stage(app: typer.Typer, name: str) -> None:
     module, settings_name, runner_name, summary, model_help, data_help = STAGES[name]
 
@@ -37,13 +33,12 @@ def _add_stage(app: typer.Typer, name: str) -> None:
         merge: Optional[bool] = typer.Option(None, "--merge/--no-merge",
                                              help="= merge_lora: also export LoRA merged into the base (merged/)"),
     ) -> None:
-        from qponder.config import load_config
+        from qponder.config import cli_overrides, load_config
 
         mod = importlib.import_module(module)
         fields = {"model.path": model, "data": data, "run.output_dir": output_dir, "optim.max_steps": max_steps,
-                  "model.lora.enabled": _flag(lora), "merge_lora": _flag(merge)}
-        overrides = list(set_ or []) + [f"{k}={v}" for k, v in fields.items() if v is not None]
-        cfg = load_config(getattr(mod, settings_name), config, overrides)
+                  "model.lora.enabled": lora, "merge_lora": merge}
+        cfg = load_config(getattr(mod, settings_name), config, cli_overrides(set_, fields))
         res = getattr(mod, runner_name)(cfg)
         typer.echo(f"{name.upper()} done: {res['global_step']} steps, train loss {res['train_loss']:.4f} -> "
                    + ", ".join(f"{k}: {v}" for k, v in res["paths"].items()))

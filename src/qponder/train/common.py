@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +103,11 @@ def load_for_training(ms: ModelSettings):
 
     if not ms.path:
         raise QponderError("model.path is empty: set it in the recipe or with --set model.path=DIR")
-    lm = load_model_and_processor(ms.path, dtype=ms.dtype, device="cpu", attn_implementation=ms.attn_implementation,
+    import torch
+
+    # "auto" = bf16 on GPUs, fp32 on CPU; the model stays on CPU here and the Trainer places it.
+    dtype = ms.dtype if ms.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
+    lm = load_model_and_processor(ms.path, dtype=dtype, device="cpu", attn_implementation=ms.attn_implementation,
                                   min_pixels=ms.min_pixels, max_pixels=ms.max_pixels, trainable=True,
                                   padding_side="left")
     lm.model.train()
@@ -167,37 +170,43 @@ class JsonlLogCallback:
 
 
 def read_log(output_dir: str | Path) -> list[dict]:
+    """The training log, one record per (step, kind of record): after a resume, a repeated step keeps its last
+    record, so curves do not double back."""
     p = Path(output_dir) / "log.jsonl"
     if not p.exists():
         return []
-    out = []
+    by_key: dict[tuple, dict] = {}
     for line in p.read_text().splitlines():
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
-    return out
+        by_key[(rec.get("step"), tuple(sorted(k for k in rec if k not in ("time_s",))))] = rec
+    return sorted(by_key.values(), key=lambda r: r.get("step") or 0)
 
 
 def save_final(trainer, processor, output_dir: str | Path, is_peft: bool, merge_lora: bool) -> dict[str, str]:
     """Write ``final/`` (full model, or the LoRA adapter) and, for LoRA with ``merge_lora``, ``merged/``.
 
+    Called on every rank: ``Trainer.save_model`` gathers ZeRO-3 / FSDP shards before the main process writes.
     Both folders carry the processor so ``qponder score --model DIR`` loads them directly.
     """
     out = Path(output_dir)
-    paths: dict[str, str] = {}
-    if not trainer.accelerator.is_main_process:
-        return paths
-    model = trainer.accelerator.unwrap_model(trainer.model)
     final = out / "final"
-    model.save_pretrained(final)
-    processor.save_pretrained(final)
-    paths["final"] = str(final)
-    if is_peft and merge_lora:
-        merged = out / "merged"
-        model.merge_and_unload().save_pretrained(merged)
-        processor.save_pretrained(merged)
-        paths["merged"] = str(merged)
+    trainer.save_model(str(final))
+    paths: dict[str, str] = {"final": str(final)}
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(final)
+        if is_peft and merge_lora:
+            # Merge from the saved adapter on CPU: the live model may be sharded across ranks.
+            from qponder.models import load_model_and_processor
+
+            merged = out / "merged"
+            lm = load_model_and_processor(final, device="cpu", dtype="float32", merge_adapter=True)
+            lm.model.save_pretrained(merged)
+            processor.save_pretrained(merged)
+            paths["merged"] = str(merged)
+    trainer.accelerator.wait_for_everyone()
     return paths
 
 
@@ -222,7 +231,3 @@ def finish_distributed() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-
-
-def world_rank() -> int:
-    return int(os.environ.get("RANK", "0"))

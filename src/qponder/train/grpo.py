@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -154,13 +155,12 @@ def run_grpo(cfg: GRPOSettings, callbacks: list | None = None) -> dict:
     samples = load_grpo_samples(cfg)
     save_config(cfg, out / "grpo_config.yaml")
     g = cfg.generation
-    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     gen_batch = cfg.optim.batch_size * world * cfg.optim.grad_accum
     if gen_batch % g.num_generations:
         raise QponderError(
             f"batch_size x processes x grad_accum = {gen_batch} must be divisible by generation.num_generations "
             f"= {g.num_generations}")
-    lm = load_for_training(cfg.model)
     funcs, weights = build_rewards(cfg.rewards, out, cfg.log_completions_every)
     kw = dict(
         num_generations=g.num_generations, max_completion_length=g.max_completion_length,
@@ -171,7 +171,9 @@ def run_grpo(cfg: GRPOSettings, callbacks: list | None = None) -> dict:
     )
     if g.use_vllm:
         kw.update(vllm_mode=g.vllm_mode, vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization)
+    # The training arguments come first: with DeepSpeed ZeRO-3 they must exist before the model is built.
     args = GRPOConfig(**trainer_common_kwargs(cfg.run, cfg.optim), **kw)
+    lm = load_for_training(cfg.model)
     lm.processor.tokenizer.padding_side = "left"
     train_ds = grpo_dataset(samples, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
                             source=str(cfg.data))

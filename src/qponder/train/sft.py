@@ -49,14 +49,15 @@ def run_sft(cfg: SFTSettings, callbacks: list | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "sft_config.yaml")
 
-    lm = load_for_training(cfg.model)
-    train_ds = sft_dataset(records, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+    # The training arguments come first: with DeepSpeed ZeRO-3 they must exist before the model is built.
     args = SFTConfig(
         **trainer_common_kwargs(cfg.run, cfg.optim),
         max_length=None,  # never truncate: a cut would drop image tokens or the answer
         assistant_only_loss=cfg.assistant_only_loss,
         remove_unused_columns=False,
     )
+    lm = load_for_training(cfg.model)
+    train_ds = sft_dataset(records, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
     peft_cfg = lora_config(cfg.model.lora) if cfg.model.lora.enabled and not lm.is_adapter else None
     trainer = SFTTrainer(model=lm.model, args=args, train_dataset=train_ds, processing_class=lm.processor,
                          peft_config=peft_cfg, callbacks=[JsonlLogCallback(out / "log.jsonl"), *(callbacks or [])])
