@@ -79,3 +79,13 @@ def test_cli_flag_values_are_not_reparsed_as_yaml(tmp_path):
     cfg = load_config(Cfg, None, over)
     assert cfg.model == "2024_01" and cfg.out == str(tmp_path / "0755") and cfg.bf16 is True
     assert cfg.steps == 5 and cfg.lora.r == 4 and cfg.lr == Cfg().lr  # flags win over --set; None = not given
+
+
+def test_a_mapping_field_rejects_a_scalar(tmp_path):
+    @dataclass
+    class WithParams:
+        params: dict = field(default_factory=dict)
+
+    with pytest.raises(QponderError, match="config key 'params': expected a mapping"):
+        load_config(WithParams, None, ["params=5"])
+    assert load_config(WithParams, None, ["params={tau: 0.5}"]).params == {"tau": 0.5}

@@ -85,7 +85,7 @@ def test_judge_descriptions_end_to_end_and_resume(judge_server, tmp_path):
         recs.append({"image": f"demo/{i}", "path": str(p), "reasoning": reasoning})
     out = tmp_path / "judgements.jsonl"
     agg = judge_descriptions(recs, out, url=judge_server, model="judge-model")
-    assert agg["n_judged"] == 2 and agg["n_failed"] == 1  # no request for the record without reasoning
+    assert agg["n_judged"] == 2 and agg["n_failed"] == 1 and agg["n_no_reasoning"] == 1  # not sent
     assert agg["completeness"] == 1.5 and agg["total"] == pytest.approx(1.5 + 1 + 2)
     assert len(_Judge.calls) == 3 and _Judge.calls[0]["model"] == "judge-model"
     assert "The image is sharp." in json.dumps(_Judge.calls[0])

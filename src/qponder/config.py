@@ -55,7 +55,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise QponderError(f"config key {key!r}: expected a mapping, got {type(value).__name__}")
         return dict(value)

@@ -178,7 +178,7 @@ def write_report(out: Path, summary: dict) -> Path:
     secs = summary["seconds"]
     text = f"""# qponder demo report
 
-A {summary['settings']['model_size']} Qwen2.5-VL-shaped model (randomly initialised, trained here on CPU) taken
+A {summary['settings']['model_size']} {summary['settings']['family']}-shaped model (randomly initialised, trained here on CPU) taken
 through the Q-Ponder pipeline on the built-in demo dataset (real photographs x KADID-10k distortions, labelled with
 KADID-10k's human cell means; test split = photographs never seen in training). The cold-start teacher is the
 built-in **rule teacher**, a deterministic stand-in for a 72B VLM. These numbers show that the pipeline learns; they

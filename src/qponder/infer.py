@@ -65,6 +65,12 @@ def mean_and_std(values: Sequence[float | None]) -> tuple[float | None, float | 
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
 
 
+def pick_reasoning(parsed: Sequence[Any]) -> str | None:
+    """The reasoning reported for an image: the first sample with a parsable score, else the first with any."""
+    return next((p.reasoning for p in parsed if p.score is not None and p.reasoning), None) \
+        or next((p.reasoning for p in parsed if p.reasoning), None)
+
+
 def batch_plan(sizes: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar size (stable sort by pixel count)."""
     if batch_size < 1:
@@ -234,8 +240,7 @@ class QualityScorer:
                 res.scores = [p.score for p in parsed]
                 res.format_ok = [p.format_ok for p in parsed]
                 res.score, res.std = mean_and_std(res.scores)
-                res.reasoning = next((p.reasoning for p in parsed if p.score is not None and p.reasoning), None) \
-                    or next((p.reasoning for p in parsed if p.reasoning), None)
+                res.reasoning = pick_reasoning(parsed)
         if readout in ("levels", "both"):
             reasonings = [r.reasoning for r in results] if readout == "both" else None
             for res, s in zip(results, self.level_scores(images, reasonings)):

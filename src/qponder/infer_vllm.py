@@ -11,7 +11,7 @@ import zlib
 from typing import Optional
 
 from qponder.errors import QponderError
-from qponder.infer import ScoreResult, mean_and_std
+from qponder.infer import ScoreResult, mean_and_std, pick_reasoning
 from qponder.prompts import STUDENT_PROMPT
 
 
@@ -62,5 +62,5 @@ class VLLMScorer:
             m, s = mean_and_std(scores)
             results.append(ScoreResult(image=name, score=m, scores=scores, std=s, raw=texts,
                                        format_ok=[p.format_ok for p in parsed],
-                                       reasoning=next((p.reasoning for p in parsed if p.reasoning), None)))
+                                       reasoning=pick_reasoning(parsed)))
         return results

@@ -94,5 +94,7 @@ def judge_descriptions(records: list[dict], out_file: str | Path, *, url: str, m
             rec = {"image": r["image"], "reply": reply, "ratings": parse_judgement(reply)}
             append_jsonl(out_file, rec)
             done[r["image"]] = rec
-    return aggregate([done.get(r["image"]) or failed[r["image"]] for r in todo
-                      if r["image"] in done or r["image"] in failed])
+    result = aggregate([done.get(r["image"]) or failed[r["image"]] for r in todo
+                        if r["image"] in done or r["image"] in failed])
+    result["n_no_reasoning"] = sum(1 for r in records if not r.get("reasoning"))  # nothing to judge: not sent
+    return result
