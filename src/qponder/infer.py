@@ -300,9 +300,11 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
     from qponder.prompts import prompt_fingerprint
 
     names = list(names) if names is not None else [str(Path(p).resolve()) for p in paths]
-    dupes = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(names) else []
-    if dupes:
-        raise QponderError(f"the same image is listed twice in one scoring run: {dupes[0]}")
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise QponderError(f"the same image is listed twice in one scoring run: {n}")
+        seen.add(n)
     # Everything that changes a prediction; a resumed file must have been written with the same settings.
     settings = {"model": scorer.model_name, "prompt": prompt_fingerprint(scorer.prompt), "samples": samples,
                 "readout": readout, "temperature": scorer.temperature if temperature is None else temperature,
@@ -325,7 +327,7 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
         try:
             with Image.open(p) as im:
                 sizes.append(im.size[0] * im.size[1])
-        except Exception:
+        except Exception:  # unreadable: reported with its file name when the batch loads it
             sizes.append(0)
     plan = batch_plan(sizes, scorer.batch_size)
     bar = tqdm(total=len(paths) - stats.skipped_done, desc="scoring", unit="img", disable=not progress)
