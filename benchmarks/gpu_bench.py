@@ -27,9 +27,34 @@ SHAPES = {
                num_key_value_heads=2, out_hidden_size=2048),
     "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                num_key_value_heads=4, out_hidden_size=3584),
+    # a few-layer model with the same head layout, to smoke-test this script on a CPU (--device cpu)
+    "debug": dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, out_hidden_size=512),
 }
 VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
               temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31])
+VISION_DEBUG = dict(VISION, depth=2, hidden_size=128, intermediate_size=256, num_heads=2, fullatt_block_indexes=[1])
+DEVICE = "cuda"
+
+
+def _sync() -> None:
+    import torch
+
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _reset_peak() -> None:
+    import torch
+
+    if DEVICE.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if DEVICE.startswith("cuda") else None
 
 
 def build(shape: str, attn: str):
@@ -54,12 +79,13 @@ def build(shape: str, attn: str):
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                                           "mrope_section": [16, 24, 24]},
                          eos_token_id=g("<|im_end|>"), pad_token_id=g("<|endoftext|>")),
-        vision_config=dict(VISION, out_hidden_size=s["out_hidden_size"]),
+        vision_config=dict(VISION_DEBUG if shape == "debug" else VISION, out_hidden_size=s["out_hidden_size"]),
         image_token_id=g("<|image_pad|>"), video_token_id=g("<|video_pad|>"),
         vision_start_token_id=g("<|vision_start|>"), vision_end_token_id=g("<|vision_end|>"))
     cfg._attn_implementation = attn
-    with torch.device("cuda"):
-        model = T.Qwen2_5_VLForConditionalGeneration(cfg).to(torch.bfloat16)
+    with torch.device(DEVICE):
+        model = T.Qwen2_5_VLForConditionalGeneration(cfg).to(torch.bfloat16 if DEVICE.startswith("cuda")
+                                                              else torch.float32)
     return model, proc, tmp
 
 
@@ -78,19 +104,19 @@ def bench_generate(model, proc, batch: int, new_tokens: int) -> dict:
 
     proc.tokenizer.padding_side = "left"
     text = proc.apply_chat_template(student_messages(), tokenize=False, add_generation_prompt=True)
-    enc = proc(text=[text] * batch, images=images(batch), padding=True, return_tensors="pt").to("cuda")
+    enc = proc(text=[text] * batch, images=images(batch), padding=True, return_tensors="pt").to(DEVICE)
     model.eval()
     with torch.inference_mode():
         model.generate(**enc, max_new_tokens=8, min_new_tokens=8, do_sample=False)  # warm-up
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        _sync()
+        _reset_peak()
         t0 = time.perf_counter()
         model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True)
-        torch.cuda.synchronize()
+        _sync()
     dt = time.perf_counter() - t0
     return {"batch": batch, "prompt_tokens": int(enc["input_ids"].shape[1]), "new_tokens": new_tokens,
             "seconds": dt, "generated_tokens_per_s": batch * new_tokens / dt,
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+            "peak_mem_gib": _peak_gib()}
 
 
 def bench_train(model, proc, batch: int, target_tokens: int, steps: int = 4) -> dict:
@@ -102,26 +128,26 @@ def bench_train(model, proc, batch: int, target_tokens: int, steps: int = 4) -> 
     msgs = student_messages() + [{"role": "assistant", "content": [{"type": "text", "text": format_target(
         "The image is sharp and clean. " * (target_tokens // 8), 4.0)}]}]
     text = proc.apply_chat_template(msgs, tokenize=False)
-    enc = proc(text=[text] * batch, images=images(batch), padding=True, return_tensors="pt").to("cuda")
+    enc = proc(text=[text] * batch, images=images(batch), padding=True, return_tensors="pt").to(DEVICE)
     enc["labels"] = enc["input_ids"].clone()
     model.train()
     model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    torch.cuda.reset_peak_memory_stats()
+    _reset_peak()
     times = []
     for _ in range(steps):
-        torch.cuda.synchronize()
+        _sync()
         t0 = time.perf_counter()
         loss = model(**enc).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        _sync()
         times.append(time.perf_counter() - t0)
     dt = sum(times[1:]) / max(len(times) - 1, 1)
     tokens = int(enc["attention_mask"].sum())
     return {"batch": batch, "seq_len": int(enc["input_ids"].shape[1]), "step_s": dt, "train_tokens_per_s": tokens / dt,
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+            "peak_mem_gib": _peak_gib()}
 
 
 def bench_vllm(model, proc, tmp: Path, batch: int, new_tokens: int) -> dict:
@@ -152,16 +178,20 @@ def main(argv=None) -> int:
     ap.add_argument("--train-target-tokens", type=int, default=512)
     ap.add_argument("--attn", default="sdpa")
     ap.add_argument("--vllm", action="store_true")
+    ap.add_argument("--device", default="cuda", help="cuda (the measurement) | cpu (smoke test with --shape debug)")
     ap.add_argument("--out", type=Path, default=Path("bench-out/gpu.json"))
     a = ap.parse_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
-        print("gpu_bench needs a CUDA GPU", file=sys.stderr)
+    global DEVICE
+    DEVICE = a.device
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_bench needs a CUDA GPU (or --device cpu --shape debug for a smoke test)", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     model, proc, tmp = build(a.shape, a.attn)
-    res = {"shape": a.shape, "attn": a.attn, "gpu": torch.cuda.get_device_name(0),
+    res = {"shape": a.shape, "attn": a.attn, "device": DEVICE,
+           "gpu": torch.cuda.get_device_name(0) if DEVICE.startswith("cuda") else None,
            "params_b": sum(p.numel() for p in model.parameters()) / 1e9}
     res["generate_hf"] = bench_generate(model, proc, a.batch, a.new_tokens)
     print(json.dumps(res["generate_hf"]), flush=True)
