@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from localhttp import LocalServer, send_json
 from qponder.config import load_config
 from qponder.distill import SFT_FIELDS, DistillSettings, run_distill
 from qponder.distill.filtering import REASONS
@@ -63,23 +64,10 @@ class TeacherServer:
             def do_POST(self):
                 req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 status, headers, body = srv.answer(req)
-                data = json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass
+                send_json(self, status, body, headers)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda *a: None
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.local = LocalServer(Handler)
+        self.url = self.local.url
 
     def answer(self, req: dict) -> tuple[int, dict, dict]:
         user = req["messages"][-1]["content"]
@@ -122,12 +110,11 @@ class TeacherServer:
                                       "finish_reason": "stop"} for i, t in enumerate(texts)]}
 
     def __enter__(self):
-        self.thread.start()
+        self.local.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.local.__exit__(*exc)
 
 
 def make_images(root: Path, n: int, mos: list[float] | None = None, split: str = "train") -> tuple[Path, dict]:

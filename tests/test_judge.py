@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from PIL import Image
 
+from localhttp import LocalServer, chat_completion, send_json
 from qponder.judge import aggregate, judge_descriptions, parse_judgement
 
 
@@ -45,22 +45,11 @@ class _Judge(BaseHTTPRequestHandler):
         status = 401 if "unauthorised" in text else 400 if "flaky" in text and not _Judge.flaked else 200
         if status != 200:
             _Judge.flaked = True
-            data = json.dumps({"error": {"message": "nope"}}).encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, {"error": {"message": "nope"}})
             return
         reply = "no idea" if "garbled" in text else json.dumps(
             {"completeness": 2 if "sharp" in text else 1, "precision": 1, "relevance": 2})
-        data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                                        "finish_reason": "stop"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, 200, chat_completion([reply], model=body["model"]))
 
     def log_message(self, *a):
         pass
@@ -68,13 +57,10 @@ class _Judge(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def judge_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
     _Judge.calls = []
     _Judge.flaked = False
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
+    with LocalServer(_Judge) as srv:
+        yield srv.url
 
 
 def test_judge_descriptions_end_to_end_and_resume(judge_server, tmp_path):

@@ -11,13 +11,14 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from localhttp import LocalServer, send_json
 from qponder.errors import QponderError
 from qponder.openai_compat import (
     AsyncOpenAIChatClient,
@@ -65,31 +66,17 @@ class _Server:
                     payload = {"choices": [{"index": k, "message": {"role": "assistant", "content": f"answer {k}"},
                                             "finish_reason": "stop"} for k in reversed(range(n))],
                                "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (timeout test)
-                    pass
+                send_json(self, status, payload, headers)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda *a: None
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.local = LocalServer(Handler)
+        self.url = self.local.url
 
     def __enter__(self):
-        self._thread.start()
+        self.local.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.local.__exit__(*exc)
 
 
 def _msgs():

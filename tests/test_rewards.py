@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from localhttp import LocalServer, chat_completion, send_json
 from qponder import rewards as R
 from qponder.errors import QponderError
 from qponder.prompts import format_target
@@ -425,28 +425,16 @@ class _JudgeHandler(BaseHTTPRequestHandler):
         user = body["messages"][-1]["content"]
         if "rate-limited-once" in user and not self.server.limited:
             self.server.limited = True
-            self.send_response(429)
-            self.send_header("Retry-After", "0")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            send_json(self, 429, b"", {"Retry-After": "0"})
             return
         if "status=" in user:
-            code = int(user.split("status=")[1][:3])
-            self.send_response(code)
-            self.end_headers()
+            send_json(self, int(user.split("status=")[1][:3]))
             return
         if "garbage" in user:
-            payload = b"not json"
-        else:
-            reply = user.split("reply=")[1].split("\n")[0] if "reply=" in user else "3"
-            payload = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+            send_json(self, 200, b"not json")
+            return
+        reply = user.split("reply=")[1].split("\n")[0] if "reply=" in user else "3"
+        send_json(self, 200, chat_completion([reply], model=body["model"]))
 
     def log_message(self, *args):
         pass
@@ -454,15 +442,10 @@ class _JudgeHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def judge_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
-    server.seen = []
-    server.limited = False
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with LocalServer(_JudgeHandler) as local:
+        local.httpd.seen = []
+        local.httpd.limited = False
+        yield local.httpd
 
 
 def test_judge_reader_against_a_local_server(judge_server, monkeypatch):
