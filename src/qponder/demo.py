@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from qponder.config import load_config
+from qponder.config import cli_overrides, load_config
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,9 @@ def run_demo(cfg: DemoSettings) -> dict:
     done(False)  # built once per machine, then cached
 
     done = stage("distill (rule teacher)")
-    dcfg = load_config(DistillSettings, None, [
-        "data=demo", f"demo_seed={cfg.seed}", "split=train", f"out={out / 'distill'}", "teacher.backend=rule",
-        f"filter.tolerance={cfg.tolerance}", f"filter.k_samples={cfg.teacher_samples}",
-        f"progress={str(cfg.progress).lower()}"])
+    dcfg = load_config(DistillSettings, None, cli_overrides(None, {
+        "data": "demo", "demo_seed": cfg.seed, "split": "train", "out": out / "distill", "teacher.backend": "rule",
+        "filter.tolerance": cfg.tolerance, "filter.k_samples": cfg.teacher_samples, "progress": cfg.progress}))
     distilled = run_distill(dcfg)
     distill_stats = distilled.stats
     sft_data = out / "distill" / "sft.jsonl"
@@ -121,11 +120,11 @@ def run_demo(cfg: DemoSettings) -> dict:
     sft_dir = out / "sft"
     trained = not (sft_dir / "final" / "config.json").exists()
     if trained:
-        run_sft(load_config(SFTSettings, None, [
-            f"model.path={base}", f"data={sft_data}", f"run.output_dir={sft_dir}", "model.dtype=float32",
-            f"optim.epochs={cfg.sft_epochs}", f"optim.learning_rate={cfg.sft_lr}",
-            f"optim.batch_size={cfg.sft_batch_size}", "optim.warmup_ratio=0.05", f"run.seed={cfg.seed}",
-            "run.logging_steps=5", "run.save_steps=100", "run.save_total_limit=1"]))
+        run_sft(load_config(SFTSettings, None, cli_overrides(None, {
+            "model.path": base, "data": sft_data, "run.output_dir": sft_dir, "model.dtype": "float32",
+            "optim.epochs": cfg.sft_epochs, "optim.learning_rate": cfg.sft_lr, "optim.batch_size": cfg.sft_batch_size,
+            "optim.warmup_ratio": 0.05, "run.seed": cfg.seed, "run.logging_steps": 5, "run.save_steps": 100,
+            "run.save_total_limit": 1})))
     done(trained)
     done = stage("eval sft")
     results["sft"] = _eval(sft_dir / "final", out / "eval-sft", cfg)
@@ -135,14 +134,13 @@ def run_demo(cfg: DemoSettings) -> dict:
     grpo_dir = out / "grpo"
     trained = not (grpo_dir / "final" / "config.json").exists()
     if trained:
-        run_grpo(load_config(GRPOSettings, None, [
-            f"model.path={sft_dir / 'final'}", "data=demo", f"demo_seed={cfg.seed}", "split=train",
-            f"run.output_dir={grpo_dir}",
-            "model.dtype=float32", f"optim.max_steps={cfg.grpo_steps}", f"optim.learning_rate={cfg.grpo_lr}",
-            f"optim.batch_size={cfg.grpo_batch_size}", "optim.lr_scheduler=constant",
-            f"generation.num_generations={cfg.grpo_num_generations}",
-            f"generation.max_completion_length={cfg.max_new_tokens}", f"run.seed={cfg.seed}",
-            "run.logging_steps=1", "run.save_steps=20", "run.save_total_limit=1", "log_completions_every=10"]))
+        run_grpo(load_config(GRPOSettings, None, cli_overrides(None, {
+            "model.path": sft_dir / "final", "data": "demo", "demo_seed": cfg.seed, "split": "train",
+            "run.output_dir": grpo_dir, "model.dtype": "float32", "optim.max_steps": cfg.grpo_steps,
+            "optim.learning_rate": cfg.grpo_lr, "optim.batch_size": cfg.grpo_batch_size,
+            "optim.lr_scheduler": "constant", "generation.num_generations": cfg.grpo_num_generations,
+            "generation.max_completion_length": cfg.max_new_tokens, "run.seed": cfg.seed, "run.logging_steps": 1,
+            "run.save_steps": 20, "run.save_total_limit": 1, "log_completions_every": 10})))
     done(trained)
     done = stage("eval grpo")
     results["grpo"] = _eval(grpo_dir / "final", out / "eval-grpo", cfg)
