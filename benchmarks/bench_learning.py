@@ -1,11 +1,13 @@
 """Proof that it learns: the demo pipeline (small model, fixed seeds) on held-out photographs, per stage.
 
-For each seed: test-split SRCC / PLCC / parse-failure rate of (a) the untrained model, (b) after SFT on the rule
-teacher's distilled data, (c) after GRPO; plus GRPO reward curves per component. Targets (stated, not asserted):
+For each seed: test-split SRCC / PLCC / parse-failure rate of (a) the untrained model (vision tower proxy-pretrained
+on the training photographs, see ``qponder.train.vision_proxy``), (b) after SFT on the rule teacher's distilled data,
+(c) after GRPO; plus GRPO reward curves per component, and the SRCC inside each unseen photograph (severity ranking
+apart from cross-scene calibration). ``--ablation`` adds a from-scratch run without the proxy pretraining. Targets (stated, not asserted):
 SFT test SRCC >= 0.6 with parse failures <= 5 %; GRPO mean reward rising; GRPO test SRCC not below SFT's minus
 noise (the seed-to-seed spread).
 
-    python -m benchmarks.bench_learning [--quick] [--seeds 0,1,2] [--out bench-out/learning]
+    python -m benchmarks.bench_learning [--quick] [--ablation] [--seeds 0,1,2] [--out bench-out/learning]
 """
 
 from __future__ import annotations
@@ -29,35 +31,23 @@ def _trend(points: list[float]) -> float | None:
     return statistics.fmean(points[-k:]) - statistics.fmean(points[:k])
 
 
-def vision_probe(vision_init: str, seed: int = 0, crops: int = 1, out: Path = Path("bench-out/learning")) -> float:
-    """Test SRCC of a ridge probe on the untrained small model's pooled vision features (per-token direction mean and
-    spread), fitted on the demo's training photographs: how much transferable quality signal the vision tower gives
-    the language model before any training. ``crops`` > 1 adds random 112 px crops of each training image."""
-    import random
-
+def vision_probe(folder: Path, seed: int = 0) -> float:
+    """Test SRCC of a ridge probe on a model's pooled vision features (per-token direction mean and spread), fitted
+    on the demo's training split: how much transferable quality signal the vision tower hands the language model
+    before any SFT."""
     import torch
     from scipy.stats import spearmanr
 
     from qponder.data import load_image
     from qponder.data.demo import load_demo_samples
     from qponder.infer import QualityScorer
-    from qponder.models import build_tiny_model
 
-    folder = build_tiny_model(out / f"probe-{vision_init}", size="small", seed=seed, vision_init=vision_init)
     scorer = QualityScorer(str(folder), device="cpu")
-    rng = random.Random(seed)
 
-    def views(path: str, n: int) -> list:
-        img = load_image(path)
-        if n == 1:
-            return [img]
-        return [img.crop((x, y, x + 112, y + 112)) for x, y in
-                ((rng.randrange(0, img.width - 111, 14), rng.randrange(0, img.height - 111, 14)) for _ in range(n))]
-
-    def features(images: list):
+    def features(samples: list):
         rows = []
-        for i in range(0, len(images), 32):
-            batch = images[i:i + 32]
+        for i in range(0, len(samples), 32):
+            batch = [load_image(s.image) for s in samples[i:i + 32]]
             inputs = scorer._inputs(batch, scorer._texts(len(batch), scorer.prompt, None))
             with torch.inference_mode():
                 out_ = scorer.model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
@@ -68,9 +58,8 @@ def vision_probe(vision_init: str, seed: int = 0, crops: int = 1, out: Path = Pa
 
     train = load_demo_samples(split="train", seed=seed)
     test = load_demo_samples(split="test", seed=seed)
-    x_train = features([v for s in train for v in views(s.image, crops)])
-    y_train = torch.tensor([s.mos for s in train for _ in range(crops)])
-    x_test = features([load_image(s.image) for s in test])
+    x_train, x_test = features(train), features(test)
+    y_train = torch.tensor([s.mos for s in train])
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
     a = torch.cat([(x_train - mu) / sd, torch.ones(len(x_train), 1)], 1)
     b = torch.cat([(x_test - mu) / sd, torch.ones(len(x_test), 1)], 1)
@@ -78,28 +67,58 @@ def vision_probe(vision_init: str, seed: int = 0, crops: int = 1, out: Path = Pa
     return float(spearmanr((b @ w).tolist(), [s.mos for s in test]).correlation)
 
 
-def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), out: Path = Path("bench-out/learning")) -> dict:
+def within_photo_srcc(predictions: Path, key: str = "score") -> float | None:
+    """Mean over test photographs of the SRCC inside one photograph (its 40 distorted versions): does the model
+    rank the severity of distortions on a scene it has never seen, apart from calibrating across scenes?"""
+    from scipy.stats import spearmanr
+
+    from qponder.io import read_jsonl
+
+    by_photo: dict[str, list[tuple[float, float]]] = {}
+    for r in read_jsonl(predictions):
+        if r.get(key) is not None:
+            by_photo.setdefault(Path(r["image"]).name.split("-")[0], []).append((r[key], r["mos"]))
+    vals = [spearmanr(*zip(*pairs)).correlation for pairs in by_photo.values() if len(pairs) > 2]
+    vals = [v for v in vals if v is not None and math.isfinite(v)]
+    return statistics.fmean(vals) if vals else None
+
+
+def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), out: Path = Path("bench-out/learning"),
+        ablation: bool = False) -> dict:
+    """``ablation`` adds one from-scratch run (seed ``seeds[0]``): no vision proxy pretraining, the vision tower
+    trained with the rest, as before this step existed."""
     from qponder.demo import DemoSettings, run_demo
+    from qponder.models import build_tiny_model
     from qponder.train.common import read_log
 
     if quick:
         seeds = seeds[:1]
-    per_seed = {}
-    for seed in seeds:
-        d = out / f"seed{seed}"
+    quick_set = {"sft_epochs": 0.1, "grpo_steps": 4, "eval_max_samples": 24, "vision_pretrain_samples": 64,
+                 "vision_pretrain_epochs": 1} if quick else {}
+    runs = [(seed, f"seed{seed}", {}) for seed in seeds]
+    if ablation:
+        runs.append((seeds[0], f"seed{seeds[0]}-from-scratch",
+                     {"vision_pretrain_samples": 0, "freeze_vision": False}))
+    per_seed, ablations = {}, {}
+    for seed, name, extra in runs:
+        d = out / name
         cfg = DemoSettings(out=str(d), seed=seed, model_size="tiny" if quick else "small", progress=False,
-                           **({"sft_epochs": 2.0, "grpo_steps": 4, "eval_max_samples": 24} if quick else {}))
+                           **(quick_set | extra))
         summary = run_demo(cfg)
         res = summary["results"]
         log = read_log(d / "grpo")
         rewards = [r["reward"] for r in log if r.get("reward") is not None]
-        per_seed[seed] = {
+        row = {
             stage: {k: res[stage].get(k) for k in ("srcc", "plcc", "plcc_logistic4", "parse_failure_rate")}
-            | {"levels_srcc": res[stage].get("levels", {}).get("srcc")}
+            | {"levels_srcc": res[stage].get("levels", {}).get("srcc"),
+               "within_photo_srcc": within_photo_srcc(d / f"eval-{stage}" / "demo" / "predictions.jsonl")}
             for stage in res
         } | {"grpo_reward_first": rewards[0] if rewards else None,
              "grpo_reward_last": rewards[-1] if rewards else None,
-             "grpo_reward_trend": _trend(rewards), "seconds": summary["seconds"]}
+             "grpo_reward_trend": _trend(rewards), "seconds": summary["seconds"],
+             "settings": {k: summary["settings"][k] for k in ("vision_pretrain_samples", "freeze_vision",
+                                                              "sft_epochs", "grpo_steps")}}
+        (ablations if extra else per_seed)[name if extra else seed] = row
 
     def agg(stage: str, key: str) -> dict:
         vals = [s[stage][key] for s in per_seed.values()
@@ -107,7 +126,8 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), out: Path = Pat
         return {"mean": statistics.fmean(vals) if vals else None,
                 "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0, "values": vals}
 
-    table = {stage: {k: agg(stage, k) for k in ("srcc", "plcc", "parse_failure_rate", "levels_srcc")}
+    table = {stage: {k: agg(stage, k) for k in ("srcc", "plcc", "parse_failure_rate", "levels_srcc",
+                                                 "within_photo_srcc")}
              for stage in ("untrained", "sft", "grpo")}
     sft_srcc, grpo_srcc = table["sft"]["srcc"]["mean"], table["grpo"]["srcc"]["mean"]
     noise = max(table["sft"]["srcc"]["std"], table["grpo"]["srcc"]["std"], 0.02)
@@ -120,10 +140,16 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), out: Path = Pat
         "grpo_srcc_not_below_sft_minus_noise": None if sft_srcc is None or grpo_srcc is None
         else grpo_srcc >= sft_srcc - noise,
     }
-    probes = {f"{init}_crops{c}": vision_probe(init, seeds[0], c, out)
-              for init, c in (("random", 1), ("dct", 1), ("dct", 8))} if not quick else {}
+    probes = {}
+    if not quick:
+        scratch = build_tiny_model(out / "probe-random", size="small", seed=seeds[0], vision_init="random")
+        probes = {"random_init": vision_probe(scratch, seeds[0]),
+                  "dct_init": vision_probe(build_tiny_model(out / "probe-dct", size="small", seed=seeds[0]),
+                                           seeds[0]),
+                  "proxy_pretrained": vision_probe(out / f"seed{seeds[0]}" / "model-untrained", seeds[0])}
     result = {"seeds": list(seeds), "model_size": "tiny" if quick else "small", "per_seed": per_seed,
-              "summary": table, "targets": targets, "noise_srcc": noise, "vision_probe_test_srcc": probes}
+              "summary": table, "targets": targets, "noise_srcc": noise, "vision_probe_test_srcc": probes,
+              "ablations": ablations}
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning.json").write_text(json.dumps(result, indent=2))
     return result
@@ -134,8 +160,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", type=Path, default=Path("bench-out/learning"))
+    ap.add_argument("--ablation", action="store_true", help="add a from-scratch run (no vision proxy pretraining)")
     a = ap.parse_args(argv)
-    res = run(quick=a.quick, seeds=tuple(int(s) for s in a.seeds.split(",")), out=a.out)
+    res = run(quick=a.quick, seeds=tuple(int(s) for s in a.seeds.split(",")), out=a.out, ablation=a.ablation)
     print(json.dumps({"summary": res["summary"], "targets": res["targets"]}, indent=2))
     return 0
 

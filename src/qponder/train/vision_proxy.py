@@ -1,0 +1,241 @@
+"""Proxy pretraining of a tiny model's vision tower on low-level image statistics (no human labels).
+
+A real run starts from a pretrained VLM whose vision tower already encodes sharpness, noise, compression and
+exposure. A tiny model built offline (``qponder tiny-model``) has a random vision tower, and trained from scratch on
+a few photographs it memorises the scenes instead of the distortions (measured: test SRCC about 0 on unseen
+photographs; see ``benchmarks/bench_learning.py``). This step is the cheapest stand-in for that pretraining: the
+vision tower and merger learn to predict, from random crops of reference photographs with random KADID-10k
+distortions,
+
+* the rule teacher's global measurements of the view (re-blur ratio, edge steepness, noise sigma, blocking,
+  pixelation, exposure, contrast, saturation; :func:`qponder.distill.rule_teacher.measure`), from the mean of the
+  merged tokens, and
+* per merged token, local statistics of its cell (Laplacian energy at two scales and their ratio, second-difference
+  residual, mean luminance, log contrast, saturation).
+
+No MOS and no distortion label is a target, so the tower learns measurable image statistics, not the demo's labels;
+only training photographs are used (the caller chooses them). The regression heads are thrown away. The result is
+written into the model folder and recorded in its ``qponder_tiny.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from qponder.errors import QponderError
+
+GLOBAL_TARGETS = ("blur", "log_edge", "log_noise", "log_blocking", "pixelation", "mean", "p5", "p95", "clip_hi",
+                  "clip_lo", "contrast", "saturation")
+LOCAL_TARGETS = ("log_lap1", "log_lap2", "lap_ratio", "log_residual", "mean", "log_contrast", "saturation")
+MAX_GRID = 8  # merged tokens per side of a view (8 x 8 = the small model's 64-token budget)
+
+
+@dataclass
+class VisionProxySettings:
+    samples: int = 3000             # distorted views generated from the references
+    epochs: int = 2
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    distorted_fraction: float = 0.9  # the rest of the views are undistorted
+    seed: int = 0
+    progress: bool = True
+
+
+def global_targets(view: np.ndarray) -> np.ndarray:
+    """The rule teacher's measurements of one HxWx3 uint8 view, on scales where a squared error makes sense."""
+    from qponder.distill.rule_teacher import measure
+
+    m = measure(view)
+    return np.array([m.blur, math.log(m.edge + 1e-3), math.log1p(m.noise), math.log1p(10.0 * max(m.blocking, 0.0)),
+                     m.pixelation, m.mean, m.p5, m.p95, m.clip_hi, m.clip_lo, m.contrast, m.saturation],
+                    dtype=np.float32)
+
+
+def local_targets(view: np.ndarray, cell: int) -> np.ndarray:
+    """Per ``cell`` x ``cell`` block (raster order, the order of a Qwen-VL vision tower's merged tokens):
+    :data:`LOCAL_TARGETS`. Returns (blocks, 7)."""
+    from scipy import ndimage
+
+    a = view.astype(np.float32) / 255.0
+    h, w = a.shape[:2]
+    if h % cell or w % cell or cell % 2:
+        raise ValueError(f"view of {w}x{h} px does not tile into {cell} px cells")
+    y = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    gh, gw = h // cell, w // cell
+
+    def cells(z: np.ndarray, c: int) -> np.ndarray:
+        return z.reshape(gh, c, gw, c).mean(axis=(1, 3)).ravel()
+
+    lap1 = np.abs(ndimage.laplace(y))
+    y2 = y.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    lap2 = np.abs(ndimage.laplace(y2))
+    k = np.array([1.0, -2.0, 1.0], dtype=np.float32)
+    resid = np.abs(ndimage.correlate1d(ndimage.correlate1d(y, k, axis=0), k, axis=1))
+    mx, mn = a.max(axis=2), a.min(axis=2)
+    sat = (mx - mn) / np.maximum(mx, 1e-3)
+    f1, f2 = np.log(cells(lap1, cell) + 1e-3), np.log(cells(lap2, cell // 2) + 1e-3)
+    mean = cells(y, cell)
+    sd = np.sqrt(np.maximum(cells(y * y, cell) - mean ** 2, 0.0))
+    return np.stack([f1, f2, f1 - f2, np.log(cells(resid, cell) + 1e-3), mean, np.log(sd + 1e-3),
+                     cells(sat, cell)], axis=1).astype(np.float32)
+
+
+def proxy_views(references: Sequence[np.ndarray], n: int, side: int, seed: int = 0,
+                distorted_fraction: float = 0.9, distortions: Optional[Sequence[str]] = None) -> list[np.ndarray]:
+    """``n`` random ``side`` px crops of the references (random flips), min-max stretched like KADID's input, most of
+    them with a random KADID-10k distortion at a random level. Deterministic given ``seed``."""
+    from qponder.data.demo import SIZES
+    from qponder.data.kadid import DISTORTIONS, mapmm, to_float, to_uint8
+
+    usable = [r for r in references if min(r.shape[:2]) >= side]
+    if not usable:
+        raise QponderError(f"vision proxy pretraining needs reference images of at least {side}x{side} px")
+    keys = list(distortions or SIZES["default"])
+    rng = np.random.default_rng([7, int(seed)])
+    views = []
+    for _ in range(n):
+        ref = usable[int(rng.integers(len(usable)))]
+        top = int(rng.integers(0, ref.shape[0] - side + 1))
+        left = int(rng.integers(0, ref.shape[1] - side + 1))
+        v = ref[top:top + side, left:left + side]
+        if rng.random() < 0.5:
+            v = v[:, ::-1]
+        v = to_uint8(mapmm(to_float(np.ascontiguousarray(v))))
+        if rng.random() < distorted_fraction:
+            v = DISTORTIONS[keys[int(rng.integers(len(keys)))]].apply(v, int(rng.integers(1, 6)), rng)
+        views.append(v)
+    return views
+
+
+def _view_geometry(processor, config) -> tuple[int, int]:
+    """(cell, side): merged-token cell size in pixels and the view side that fits the processor's pixel budget."""
+    vc = config.vision_config
+    cell = int(vc.patch_size) * int(vc.spatial_merge_size)
+    size = getattr(processor.image_processor, "size", None) or {}
+    longest = size.get("longest_edge") or getattr(processor.image_processor, "max_pixels", None) or (MAX_GRID * cell) ** 2
+    grid = max(2, min(MAX_GRID, int(math.isqrt(int(longest)) // cell)))
+    return cell, grid * cell
+
+
+def encode(model, processor, views: Sequence[np.ndarray]):
+    """Merged vision tokens of same-size views: (batch, tokens, hidden)."""
+    from PIL import Image
+
+    inputs = processor.image_processor(images=[Image.fromarray(v) for v in views], return_tensors="pt")
+    out = model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    tokens = out.pooler_output if hasattr(out, "pooler_output") else (out[0] if isinstance(out, tuple) else out)
+    return tokens.reshape(len(views), -1, tokens.shape[-1])
+
+
+def _correlations(pred: np.ndarray, target: np.ndarray) -> list[Optional[float]]:
+    """Pearson r per target column (rows flattened); None where the target is constant. (Not R^2: a held-out
+    photograph's own spread of, say, mean luminance is tiny, which makes R^2 meaningless there.)"""
+    pred, target = pred.reshape(-1, pred.shape[-1]), target.reshape(-1, target.shape[-1])
+    out: list[Optional[float]] = []
+    for j in range(target.shape[1]):
+        t, p = target[:, j], pred[:, j]
+        out.append(round(float(np.corrcoef(p, t)[0, 1]), 3) if t.std() > 1e-9 and p.std() > 1e-9 else None)
+    return out
+
+
+def pretrain_vision(model_dir: str | Path, references: Sequence[np.ndarray], settings: VisionProxySettings,
+                    heldout: Sequence[np.ndarray] = (), sources: Sequence[str] = ()) -> dict:
+    """Train the vision tower and merger of the model in ``model_dir`` on the proxy targets and save it back.
+
+    ``references``: training photographs (HxWx3 uint8); ``heldout``: other photographs whose views give the
+    reported held-out correlations per target (never trained on). Returns (and records in ``qponder_tiny.json``) what was done.
+    """
+    import torch
+
+    from qponder.io import write_json_atomic
+    from qponder.models import load_model_and_processor
+
+    if settings.samples < settings.batch_size:
+        raise QponderError(f"vision proxy pretraining: samples ({settings.samples}) < batch_size "
+                           f"({settings.batch_size})")
+    t0 = time.time()
+    model_dir = Path(model_dir)
+    lm = load_model_and_processor(str(model_dir), device="cpu", dtype="float32")
+    model, processor = lm.model, lm.processor
+    cell, side = _view_geometry(processor, model.config)
+    torch.manual_seed(settings.seed)
+    views = proxy_views(references, settings.samples, side, settings.seed, settings.distorted_fraction)
+    g = np.stack([global_targets(v) for v in views])
+    loc = np.stack([local_targets(v, cell) for v in views])
+    g_mu, g_sd = g.mean(0), g.std(0) + 1e-6
+    l_mu, l_sd = loc.reshape(-1, loc.shape[-1]).mean(0), loc.reshape(-1, loc.shape[-1]).std(0) + 1e-6
+    g_n = torch.from_numpy((g - g_mu) / g_sd)
+    l_n = torch.from_numpy((loc - l_mu) / l_sd)
+    data_seconds = time.time() - t0
+
+    hidden = model.config.text_config.hidden_size
+    global_head = torch.nn.Linear(hidden, g.shape[1])
+    local_head = torch.nn.Linear(hidden, loc.shape[-1])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    visual = model.model.visual
+    for p in visual.parameters():
+        p.requires_grad_(True)
+    params = [p for p in visual.parameters()] + list(global_head.parameters()) + list(local_head.parameters())
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.01)
+    per_epoch = settings.samples // settings.batch_size
+    total = per_epoch * settings.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.learning_rate, total_steps=total, pct_start=0.05)
+    rng = np.random.default_rng([11, settings.seed])
+    losses: list[float] = []
+    visual.train()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="vision proxy pretraining", disable=not settings.progress)
+    for _ in range(settings.epochs):
+        order = rng.permutation(settings.samples)
+        for b in range(per_epoch):
+            idx = order[b * settings.batch_size:(b + 1) * settings.batch_size]
+            tokens = encode(model, processor, [views[i] for i in idx])
+            loss = torch.nn.functional.mse_loss(global_head(tokens.mean(1)), g_n[idx]) \
+                + torch.nn.functional.mse_loss(local_head(tokens), l_n[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    visual.eval()
+
+    report: dict = {"settings": asdict(settings), "view_side": side, "cell": cell, "n_references": len(references),
+                    "sources": list(sources), "global_targets": list(GLOBAL_TARGETS),
+                    "local_targets": list(LOCAL_TARGETS),
+                    "loss_first": round(float(np.mean(losses[:10])), 4),
+                    "loss_last": round(float(np.mean(losses[-10:])), 4)}
+    if heldout:
+        hv = proxy_views(heldout, 256, side, settings.seed + 1, settings.distorted_fraction)
+        hg = (np.stack([global_targets(v) for v in hv]) - g_mu) / g_sd
+        hl = (np.stack([local_targets(v, cell) for v in hv]) - l_mu) / l_sd
+        with torch.inference_mode():
+            pg, pl = [], []
+            for i in range(0, len(hv), 32):
+                tok = encode(model, processor, hv[i:i + 32])
+                pg.append(global_head(tok.mean(1)).numpy())
+                pl.append(local_head(tok).numpy())
+        report["heldout_r_global"] = dict(zip(GLOBAL_TARGETS, _correlations(np.concatenate(pg), hg)))
+        report["heldout_r_local"] = dict(zip(LOCAL_TARGETS, _correlations(np.concatenate(pl), hl)))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.save_pretrained(model_dir)
+    report["seconds"] = {"data": round(data_seconds, 1), "total": round(time.time() - t0, 1)}
+    meta_path = model_dir / "qponder_tiny.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta["vision_pretrain"] = report
+    meta["note"] = ("randomly initialised, then the vision tower was proxy-pretrained on low-level image statistics "
+                    "(no human labels); not a trained quality model")
+    write_json_atomic(meta, meta_path)
+    return report
