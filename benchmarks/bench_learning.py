@@ -3,9 +3,9 @@
 For each seed: test-split SRCC / PLCC / parse-failure rate of (a) the untrained model (vision tower proxy-pretrained
 on the training photographs, see ``qponder.train.vision_proxy``), (b) after SFT on the rule teacher's distilled data,
 (c) after GRPO; plus GRPO reward curves per component, and the SRCC inside each unseen photograph (severity ranking
-apart from cross-scene calibration). ``--ablation`` adds a from-scratch run without the proxy pretraining. Targets (stated, not asserted):
-SFT test SRCC >= 0.6 with parse failures <= 5 %; GRPO mean reward rising; GRPO test SRCC not below SFT's minus
-noise (the seed-to-seed spread).
+apart from cross-scene calibration). ``--ablation`` adds a from-scratch run without the proxy pretraining.
+Targets (stated, not asserted): SFT test SRCC >= 0.6 with parse failures <= 5 %; GRPO mean reward rising; GRPO test
+SRCC not below SFT's minus noise (the seed-to-seed spread).
 
     python -m benchmarks.bench_learning [--quick] [--ablation] [--seeds 0,1,2] [--out bench-out/learning]
 """
@@ -65,6 +65,31 @@ def vision_probe(folder: Path, seed: int = 0) -> float:
     b = torch.cat([(x_test - mu) / sd, torch.ones(len(x_test), 1)], 1)
     w = torch.linalg.solve(a.T @ a + 100.0 * torch.eye(a.shape[1]), a.T @ y_train)
     return float(spearmanr((b @ w).tolist(), [s.mos for s in test]).correlation)
+
+
+def measurement_probe(seed: int = 0) -> float:
+    """Test SRCC of a ridge regression from the rule teacher's 12 measurements (the proxy-pretraining targets, see
+    ``qponder.train.vision_proxy.global_targets``) to MOS, fitted on the demo's training split: roughly what a
+    student can reach that reads those measurements perfectly but learns the MOS mapping from these photographs
+    alone (the rule teacher's hand-designed monotone mapping does better)."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from qponder.data import load_image
+    from qponder.data.demo import load_demo_samples
+    from qponder.train.vision_proxy import global_targets
+
+    def xy(split: str):
+        samples = load_demo_samples(split=split, seed=seed)
+        x = np.stack([global_targets(np.asarray(load_image(s.image))) for s in samples])
+        return x, np.array([s.mos for s in samples])
+
+    (x_train, y_train), (x_test, y_test) = xy("train"), xy("test")
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+    a = np.c_[(x_train - mu) / sd, np.ones(len(x_train))]
+    b = np.c_[(x_test - mu) / sd, np.ones(len(x_test))]
+    w = np.linalg.solve(a.T @ a + 10.0 * np.eye(a.shape[1]), a.T @ y_train)
+    return float(spearmanr(b @ w, y_test).correlation)
 
 
 def within_photo_srcc(predictions: Path, key: str = "score") -> float | None:
@@ -146,7 +171,8 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), out: Path = Pat
         probes = {"random_init": vision_probe(scratch, seeds[0]),
                   "dct_init": vision_probe(build_tiny_model(out / "probe-dct", size="small", seed=seeds[0]),
                                            seeds[0]),
-                  "proxy_pretrained": vision_probe(out / f"seed{seeds[0]}" / "model-untrained", seeds[0])}
+                  "proxy_pretrained": vision_probe(out / f"seed{seeds[0]}" / "model-untrained", seeds[0]),
+                  "measurements_ridge_per_seed": [measurement_probe(seed) for seed in seeds]}
     result = {"seeds": list(seeds), "model_size": "tiny" if quick else "small", "per_seed": per_seed,
               "summary": table, "targets": targets, "noise_srcc": noise, "vision_probe_test_srcc": probes,
               "ablations": ablations}

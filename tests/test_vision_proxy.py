@@ -94,3 +94,20 @@ def test_pretraining_trains_the_vision_tower_only_and_records_it(tmp_path):
     assert meta["vision_pretrain"]["sources"] == ["synthetic"] and meta["size"] == "tiny"
     with pytest.raises(QponderError, match="samples"):
         pretrain_vision(model, refs, VisionProxySettings(samples=4, batch_size=16, progress=False))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_cli_builds_a_proxy_pretrained_model_for_every_family(tmp_path, family, capsys):
+    """`qponder tiny-model --vision-pretrain-samples N` pretrains on the demo's training photographs only (merged
+    tokens: 28 px cells for Qwen2-VL, 32 px for Qwen3-VL)."""
+    from qponder.cli import main
+    from qponder.data.demo import assign_splits
+
+    out = tmp_path / family
+    assert main(["tiny-model", str(out), "--family", family, "--vision-pretrain-samples", "32",
+                 "--vision-pretrain-epochs", "1", "--demo-seed", "1"]) == 0
+    assert "proxy-pretrained on 10 demo training photographs" in capsys.readouterr().out
+    vp = json.loads((out / "qponder_tiny.json").read_text())["vision_pretrain"]
+    assert vp["cell"] == (32 if family == "qwen3_vl" else 28)
+    held_out = {photo for photo, split in assign_splits(1).items() if split != "train"}
+    assert not {s.split()[-1] for s in vp["sources"]} & held_out

@@ -202,7 +202,8 @@ _IMAGE_NAME = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+-[1-5]\.png$")
 def build_demo_dataset(out_dir: str | os.PathLike | None = None, seed: int = 0, size: str = "default") -> Path:
     """Build (or reuse) the demo dataset; returns the manifest path.
 
-    Manifest columns: ``image,mos,std,split,photo,ref,distortion,level,param`` (paths relative to the manifest's folder).
+    Manifest columns: ``image,mos,std,split,photo,ref,distortion,level,param`` (paths relative to the manifest's
+    folder).
     A completion marker is written last, so an interrupted build is redone on the next call; a complete one is
     returned immediately.
     """
@@ -318,7 +319,9 @@ def dataset_card(seed: int, size: str, rows: list[dict[str, str]] | None = None)
         "without KADID's images; the photos were cropped to 224 px from versions whose short side is at most 384 "
         "px, so a crop shows less of the scene than KADID's 512x384 images; three of the nine references are "
         "scientific images (deep-field astronomy, a fundus photograph, a micrograph), unlike KADID's natural "
-        "photos. Level 1 of Gaussian and motion blur (sigma 0.1 px, length 1 px) leaves the image unchanged, as "
+        "photos; the training-only references are greyscale (a portrait, three textures, coins), and crops of "
+        "one photograph share its camera and scene statistics, so they add less variety than new photographs "
+        "would. Level 1 of Gaussian and motion blur (sigma 0.1 px, length 1 px) leaves the image unchanged, as "
         "in KADID, so those labels are human ratings of near-pristine images. Pristine references are "
         "not labelled (KADID has no label for them) and are stored separately under `references/` for "
         "full-reference use. KADID-10k labels are for research use: cite Lin, Hosu, Saupe, \"KADID-10k: a "
@@ -342,9 +345,10 @@ def dataset_card(seed: int, size: str, rows: list[dict[str, str]] | None = None)
         lines.append(f"| {p.name} | {p.package}: `{p.relpath}` | {p.credit} | {p.licence} |")
     lines += [
         "",
-        f"Preparation: RGB, Lanczos downscale so the short side is at most {WORK_SHORT_SIDE} px, centre crop "
-        f"{CROP}x{CROP} (centre, or seeded random for extra training crops), values min-max stretched to 0-255 (the stretch KADID's generator applies to its input, "
-        "done once here so references and distorted images differ only by the distortion).",
+        f"Preparation: RGB, Lanczos downscale so the short side is at most {WORK_SHORT_SIDE} px, a {CROP}x{CROP} "
+        "crop (the centre one, or a seeded random one for the extra training crops), values min-max stretched to "
+        "0-255 (the stretch KADID's generator applies to its input, done once here so references and distorted "
+        "images differ only by the distortion).",
         "",
         "## Distortions (KADID-10k id, level parameters 1->5, label = KADID cell mean 1->5)",
         "Parameters are those of KADID-10k's generator (`imdist_generator.m`). As there, each input is min-max "

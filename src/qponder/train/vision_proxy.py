@@ -119,7 +119,8 @@ def _view_geometry(processor, config) -> tuple[int, int]:
     vc = config.vision_config
     cell = int(vc.patch_size) * int(vc.spatial_merge_size)
     size = getattr(processor.image_processor, "size", None) or {}
-    longest = size.get("longest_edge") or getattr(processor.image_processor, "max_pixels", None) or (MAX_GRID * cell) ** 2
+    longest = (size.get("longest_edge") or getattr(processor.image_processor, "max_pixels", None)
+               or (MAX_GRID * cell) ** 2)
     grid = max(2, min(MAX_GRID, int(math.isqrt(int(longest)) // cell)))
     return cell, grid * cell
 
@@ -150,7 +151,8 @@ def pretrain_vision(model_dir: str | Path, references: Sequence[np.ndarray], set
     """Train the vision tower and merger of the model in ``model_dir`` on the proxy targets and save it back.
 
     ``references``: training photographs (HxWx3 uint8); ``heldout``: other photographs whose views give the
-    reported held-out correlations per target (never trained on). Returns (and records in ``qponder_tiny.json``) what was done.
+    reported held-out correlations per target (never trained on). Returns what was done, and records it in the
+    folder's ``qponder_tiny.json``.
     """
     import torch
 
@@ -239,3 +241,14 @@ def pretrain_vision(model_dir: str | Path, references: Sequence[np.ndarray], set
                     "(no human labels); not a trained quality model")
     write_json_atomic(meta, meta_path)
     return report
+
+
+def pretrain_on_demo(model_dir: str | Path, demo_seed: int, settings: VisionProxySettings) -> dict:
+    """:func:`pretrain_vision` on the training photographs of the demo split ``demo_seed`` (held-out figures from its
+    val photograph); the test photographs are never used."""
+    from qponder.data.demo import split_photos, working_image
+
+    train, val = split_photos("train", demo_seed), split_photos("val", demo_seed)
+    return pretrain_vision(model_dir, [np.asarray(working_image(p)) for p in train], settings,
+                           heldout=[np.asarray(working_image(p)) for p in val],
+                           sources=[f"demo photo {p.name}" for p in train])
