@@ -148,10 +148,10 @@ def reference_crop(photo: Photo, crop: int = 0, seed: int = 0) -> np.ndarray:
     else:
         rng = np.random.default_rng([DEMO_VERSION, int(seed), zlib.crc32(photo.name.encode()), int(crop)])
         left, top = int(rng.integers(0, im.width - CROP + 1)), int(rng.integers(0, im.height - CROP + 1))
-    crop = np.asarray(im.crop((left, top, left + CROP, top + CROP)), dtype=np.uint8)
+    pixels = np.asarray(im.crop((left, top, left + CROP, top + CROP)), dtype=np.uint8)
     # KADID's generator min-max stretches its input; doing it here, once, makes the saved reference the image the
     # distortions start from, so reference and distorted versions differ only by the distortion.
-    return to_uint8(mapmm(to_float(crop)))
+    return to_uint8(mapmm(to_float(pixels)))
 
 
 def assign_splits(seed: int) -> dict[str, str]:
