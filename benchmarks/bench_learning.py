@@ -35,24 +35,23 @@ def vision_probe(folder: Path, seed: int = 0) -> float:
     """Test SRCC of a ridge probe on a model's pooled vision features (per-token direction mean and spread), fitted
     on the demo's training split: how much transferable quality signal the vision tower hands the language model
     before any SFT."""
+    import numpy as np
     import torch
     from scipy.stats import spearmanr
 
     from qponder.data import load_image
     from qponder.data.demo import load_demo_samples
-    from qponder.infer import QualityScorer
+    from qponder.models import load_model_and_processor
+    from qponder.train.vision_proxy import encode
 
-    scorer = QualityScorer(str(folder), device="cpu")
+    lm = load_model_and_processor(str(folder), device="cpu", dtype="float32")
 
     def features(samples: list):
         rows = []
         for i in range(0, len(samples), 32):
-            batch = [load_image(s.image) for s in samples[i:i + 32]]
-            inputs = scorer._inputs(batch, scorer._texts(len(batch), scorer.prompt, None))
+            views = [np.asarray(load_image(s.image)) for s in samples[i:i + 32]]
             with torch.inference_mode():
-                out_ = scorer.model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
-            v = out_.pooler_output if hasattr(out_, "pooler_output") else out_
-            v = torch.nn.functional.normalize(v.view(len(batch), -1, v.shape[-1]), dim=-1)
+                v = torch.nn.functional.normalize(encode(lm.model, lm.processor, views), dim=-1)
             rows.append(torch.cat([v.mean(1), v.std(1)], 1))
         return torch.cat(rows)
 
