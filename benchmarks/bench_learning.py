@@ -116,7 +116,7 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), out: Path = Pat
     from qponder.train.common import read_log
 
     if quick:
-        seeds = seeds[:1]
+        seeds, out = seeds[:1], out / "quick"   # never resume into (or overwrite) a full run's folders
     quick_set = {"sft_epochs": 0.1, "grpo_steps": 4, "eval_max_samples": 24, "vision_pretrain_samples": 64,
                  "vision_pretrain_epochs": 1} if quick else {}
     runs = [(seed, f"seed{seed}", {}) for seed in seeds]

@@ -49,3 +49,8 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     again = json.loads((out / "summary.json").read_text())
     assert again["results"]["sft"]["n_valid"] == summary["results"]["sft"]["n_valid"]
     assert again["results"]["sft"]["scored_now"] == 0
+
+    # resuming with settings that would change a finished stage is refused before any work
+    assert cli_main([*args, "--set", "grpo_steps=3"]) == 2
+    assert "grpo_steps: 2 there, 3 now" in capsys.readouterr().err
+    assert (out / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == before

@@ -86,6 +86,30 @@ def _build_base(base: Path, cfg: DemoSettings) -> None:
     tmp.rename(base)
 
 
+# Settings that do not change what a stage produces: a resumed run may differ in these.
+_RESUME_FREE = ("out", "progress", "eval_batch_size")
+
+
+def _check_resume_settings(out: Path, cfg: DemoSettings) -> None:
+    """Finished stages are reused on a re-run, so a folder must only ever be resumed with the settings that made it
+    (else e.g. a tiny-model run would silently report a small model's SFT). Records them on first use."""
+    from qponder.errors import QponderError
+    from qponder.io import write_json_atomic
+
+    path = out / "demo_settings.json"
+    mine = {k: v for k, v in cfg.__dict__.items() if k not in _RESUME_FREE}
+    if path.is_file():
+        theirs = json.loads(path.read_text(encoding="utf-8"))
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            raise QponderError(
+                f"{out} holds a demo run made with other settings ("
+                + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))
+                + "); resume it with the same settings, or use another --out")
+    else:
+        write_json_atomic(mine, path)
+
+
 def run_demo(cfg: DemoSettings) -> dict:
     import torch
 
@@ -99,6 +123,7 @@ def run_demo(cfg: DemoSettings) -> dict:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_resume_settings(out, cfg)
     # Seconds per stage of the run that did the work: a resumed stage keeps the time recorded when it ran.
     timings_file = out / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
