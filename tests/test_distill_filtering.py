@@ -149,6 +149,9 @@ def test_settings_validation_and_recipes():
         "teacher.concurrency=0": "concurrency",
         "prompt=nope": "unknown teacher prompt",
         "max_samples=0": "max_samples",
+        "teacher.timeout_s=0": r"^teacher\.timeout_s must be > 0, got 0\.0$",
+        "filter.max_std=-0.5": r"^filter\.max_std must be >= 0, got -0\.5$",
+        "teacher.batch_size=0": r"^teacher\.batch_size must be >= 1, got 0$",
     }
     for override, msg in bad.items():
         cfg = load_config(DistillSettings, None, ["teacher.backend=openai", "teacher.model=m", override])

@@ -88,22 +88,14 @@ class DistillSettings:
             raise QponderError("data is empty: use 'demo' or a manifest path")
         if self.max_samples is not None and self.max_samples < 1:
             raise QponderError(f"max_samples must be >= 1, got {self.max_samples}")
-        if f.tolerance < 0:
-            raise QponderError(f"filter.tolerance must be >= 0, got {f.tolerance}")
-        if f.k_samples < 1:
-            raise QponderError(f"filter.k_samples must be >= 1, got {f.k_samples}")
-        if f.max_std < 0:
-            raise QponderError(f"filter.max_std must be >= 0, got {f.max_std}")
-        if f.max_format_retries < 0:
-            raise QponderError(f"filter.max_format_retries must be >= 0, got {f.max_format_retries}")
-        if t.concurrency < 1:
-            raise QponderError(f"teacher.concurrency must be >= 1, got {t.concurrency}")
-        if t.batch_size < 1:
-            raise QponderError(f"teacher.batch_size must be >= 1, got {t.batch_size}")
-        if t.timeout_s <= 0:
-            raise QponderError(f"teacher.timeout_s must be > 0, got {t.timeout_s}")
-        if t.max_retries < 0:
-            raise QponderError(f"teacher.max_retries must be >= 0, got {t.max_retries}")
+        # (field, value, lower bound, bound excluded?)
+        for name, value, low, strict in (
+                ("filter.tolerance", f.tolerance, 0, False), ("filter.k_samples", f.k_samples, 1, False),
+                ("filter.max_std", f.max_std, 0, False), ("filter.max_format_retries", f.max_format_retries, 0, False),
+                ("teacher.concurrency", t.concurrency, 1, False), ("teacher.batch_size", t.batch_size, 1, False),
+                ("teacher.timeout_s", t.timeout_s, 0, True), ("teacher.max_retries", t.max_retries, 0, False)):
+            if value < low or (strict and value == low):
+                raise QponderError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
         if f.k_samples > 1 and t.temperature <= 0 and t.backend != "rule":
             raise QponderError("filter.k_samples > 1 needs teacher.temperature > 0 (greedy samples are identical)")
         if t.backend in ("openai", "local") and not t.model:
