@@ -122,7 +122,7 @@ def _client(manifest: Path, url: str, concurrency: int, n: int) -> dict[str, Any
 
 
 def _rule(out: Path, n: int) -> dict[str, Any]:
-    from qponder.distill import distill_demo_records
+    from qponder.demo.runner import distill_demo_records
 
     t0 = time.perf_counter()
     distill_demo_records(out, max_samples=n)

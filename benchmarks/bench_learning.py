@@ -1,7 +1,7 @@
 """Proof that it learns: the demo pipeline (small model, fixed seeds) on held-out photographs, per stage.
 
 For each seed: test-split SRCC / PLCC / parse-failure rate of (a) the untrained model (vision tower proxy-pretrained
-on the training photographs, see ``qponder.train.vision_proxy``), (b) after SFT on the rule teacher's distilled data,
+on the training photographs, see ``qponder.demo.vision_proxy``), (b) after SFT on the rule teacher's distilled data,
 (c) after GRPO; plus GRPO reward curves per component, and the SRCC inside each unseen photograph (severity ranking
 apart from cross-scene calibration). ``--ablation`` adds a from-scratch run without the proxy pretraining.
 Targets (stated, not asserted): SFT test SRCC >= 0.6 with parse failures <= 5 %; GRPO mean reward rising; GRPO test
@@ -40,9 +40,9 @@ def vision_probe(folder: Path, seed: int = 0) -> float:
     from scipy.stats import spearmanr
 
     from qponder.data import load_image
-    from qponder.data.demo import load_demo_samples
+    from qponder.demo.data import load_demo_samples
     from qponder.models import load_model_and_processor
-    from qponder.train.vision_proxy import encode
+    from qponder.demo.vision_proxy import encode
 
     lm = load_model_and_processor(str(folder), device="cpu", dtype="float32")
 
@@ -68,15 +68,15 @@ def vision_probe(folder: Path, seed: int = 0) -> float:
 
 def measurement_probe(seed: int = 0) -> float:
     """Test SRCC of a ridge regression from the rule teacher's 12 measurements (the proxy-pretraining targets, see
-    ``qponder.train.vision_proxy.global_targets``) to MOS, fitted on the demo's training split: roughly what a
+    ``qponder.demo.vision_proxy.global_targets``) to MOS, fitted on the demo's training split: roughly what a
     student can reach that reads those measurements perfectly but learns the MOS mapping from these photographs
     alone (the rule teacher's hand-designed monotone mapping does better)."""
     import numpy as np
     from scipy.stats import spearmanr
 
     from qponder.data import load_image
-    from qponder.data.demo import load_demo_samples
-    from qponder.train.vision_proxy import global_targets
+    from qponder.demo.data import load_demo_samples
+    from qponder.demo.vision_proxy import global_targets
 
     def xy(split: str):
         samples = load_demo_samples(split=split, seed=seed)
@@ -111,8 +111,8 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), out: Path = Pat
         ablation: bool = False) -> dict:
     """``ablation`` adds one from-scratch run (seed ``seeds[0]``): no vision proxy pretraining, the vision tower
     trained with the rest, as before this step existed."""
-    from qponder.demo import DemoSettings, run_demo
-    from qponder.models import build_tiny_model
+    from qponder.demo.runner import DemoSettings, run_demo
+    from qponder.demo.tiny_model import build_tiny_model
     from qponder.train.common import read_log
 
     if quick:

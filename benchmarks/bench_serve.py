@@ -88,7 +88,7 @@ def run(quick: bool = False, threads: int = 1, max_new_tokens: int = 32) -> dict
     """
     import httpx
 
-    from qponder.models import build_tiny_model
+    from qponder.demo.tiny_model import build_tiny_model
     from qponder.serve.process import ServerProcess
 
     counts = {1: 12, 16: 64} if quick else {1: 40, 16: 256}

@@ -24,7 +24,7 @@ DEFAULT_OUT = Path("bench-out/train.json")
 
 def _demo_sft_file(root: Path, n: int) -> Path:
     """Distil n demo training images with the offline rule teacher (fast) into an sft.jsonl."""
-    from qponder.distill import distill_demo_records
+    from qponder.demo.runner import distill_demo_records
 
     return distill_demo_records(root, max_samples=n)
 
@@ -126,7 +126,7 @@ import json, resource, sys, torch
 torch.set_num_threads(2)
 stage, model, data, out = sys.argv[1:5]
 from qponder.config import load_config
-import qponder.train.sft, qponder.train.grpo, trl, qponder.data.demo  # imports first: their RSS is the baseline
+import qponder.train.sft, qponder.train.grpo, trl, qponder.demo.data  # imports first: their RSS is the baseline
 print("BASE_RSS_MIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 if stage == "sft":
     from qponder.train.sft import SFTSettings, run_sft
@@ -157,7 +157,7 @@ def peak_rss(stage: str, model_dir: Path, data: Path, out: Path) -> dict:
 def run(quick: bool = False) -> dict:
     import torch
 
-    from qponder.models import build_tiny_model
+    from qponder.demo.tiny_model import build_tiny_model
 
     torch.set_num_threads(2)
     res: dict = {}

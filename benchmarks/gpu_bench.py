@@ -61,7 +61,8 @@ def build(shape: str, attn: str):
     import torch
     import transformers as T
 
-    from qponder.models import build_tiny_model, load_processor
+    from qponder.demo.tiny_model import build_tiny_model
+    from qponder.models import load_processor
 
     tmp = Path(tempfile.mkdtemp())
     tiny = build_tiny_model(tmp / "tok", family="qwen2_5_vl", size="tiny")  # tokenizer + processor, no download

@@ -10,9 +10,9 @@ from PIL import Image
 
 from qponder.cli import main as cli_main
 from qponder.errors import QponderError
+from qponder.demo.tiny_model import build_tiny_model
 from qponder.models import (
     FAMILIES,
-    build_tiny_model,
     count_parameters,
     load_model_and_processor,
     load_processor,
@@ -148,7 +148,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_dct_patch_embedding_is_an_orthonormal_frequency_bank(tmp_path):
     import numpy as np
 
-    from qponder.models import dct_filter_bank
+    from qponder.demo.tiny_model import dct_filter_bank
 
     bank = dct_filter_bank(64, 14)
     flat = bank.reshape(64, -1)

@@ -63,7 +63,7 @@ def test_grpo_rows_from_the_demo_carry_their_manifest_row():
 
 
 def test_demo_seed_reaches_grpo_and_eval_so_test_photos_never_train():
-    from qponder.data.demo import load_demo_samples
+    from qponder.demo.data import load_demo_samples
     from qponder.evaluate import benchmark_samples
 
     for seed in (0, 1, 2):

@@ -53,11 +53,13 @@ class EvalSettings:
 
 def benchmark_samples(name: str, data_root: Optional[str], split: Optional[str],
                       max_samples: Optional[int], demo_seed: int = 0) -> list[Any]:
-    """The samples of one benchmark's evaluation split, through the data layer (``demo`` needs no data root)."""
-    if name == "demo":
-        from qponder.data.demo import load_demo_samples
+    """The samples of one benchmark's evaluation split, through the data layer (a registered dataset such as
+    ``demo`` needs no data root)."""
+    from qponder.data.registry import dataset_loader, get_benchmark
 
-        samples = load_demo_samples(split="test" if split == "default" else split, seed=demo_seed)
+    load = dataset_loader(name)
+    if load is not None:
+        samples = load(get_benchmark(name).default_split if split == "default" else split, seed=demo_seed)
     else:
         from qponder.data import load_benchmark
 
@@ -72,7 +74,7 @@ def benchmark_samples(name: str, data_root: Optional[str], split: Optional[str],
 
 
 def expand_benchmarks(spec: str | list[str]) -> list[str]:
-    """``"protocol-a"`` -> the protocol's test sets; names/aliases -> registry names; ``demo`` stays as it is."""
+    """``"protocol-a"`` -> the protocol's test sets; names/aliases -> registry names (``demo`` included)."""
     from qponder.data import get_benchmark, get_protocol
 
     items = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -80,9 +82,7 @@ def expand_benchmarks(spec: str | list[str]) -> list[str]:
     for item in (i.strip() for i in items):
         if not item:
             continue
-        if item.lower() == "demo":
-            names = ["demo"]
-        elif item.lower().replace("_", "-").startswith("protocol"):
+        if item.lower().replace("_", "-").startswith("protocol"):
             names = list(get_protocol(item.lower().replace("protocol", "").strip("-_ ")).test)
         else:
             names = [get_benchmark(item).name]

@@ -71,7 +71,7 @@ def demo(
     """Build the no-download demo dataset (real photos, KADID distortions, KADID human labels) and summarise it."""
     import time
 
-    from qponder.data.demo import MARKER_NAME, build_demo_dataset, default_out_dir, demo_info
+    from qponder.demo.data import MARKER_NAME, build_demo_dataset, default_out_dir, demo_info
 
     target = out if out is not None else default_out_dir(seed, size)
     if force and (target / MARKER_NAME).exists():

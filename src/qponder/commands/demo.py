@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The main job: tiny model + built-in demo data -> distil -> SFT -> GRPO -> evaluate -> report (CPU)."""
         from qponder.config import cli_overrides, load_config
-        from qponder.demo import DemoSettings, run_demo
+        from qponder.demo.runner import DemoSettings, run_demo
 
         cfg = load_config(DemoSettings, config, cli_overrides(set_, {"out": out, "model_size": size, "seed": seed}))
         summary = run_demo(cfg)

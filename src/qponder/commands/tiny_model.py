@@ -19,12 +19,13 @@ def register(app: typer.Typer) -> None:
         demo_seed: int = typer.Option(0, help="Demo split whose training photographs the proxy pretraining uses."),
     ) -> None:
         """Build a randomly initialised Qwen-VL model with a locally trained tokenizer (no download)."""
-        from qponder.models import build_tiny_model, count_parameters, load_model_and_processor
+        from qponder.demo.tiny_model import build_tiny_model
+        from qponder.models import count_parameters, load_model_and_processor
 
         path = build_tiny_model(out_dir, family=family, size=size, seed=seed)
         state = "untrained"
         if vision_pretrain_samples > 0:
-            from qponder.train.vision_proxy import VisionProxySettings, pretrain_on_demo
+            from qponder.demo.vision_proxy import VisionProxySettings, pretrain_on_demo
 
             rep = pretrain_on_demo(path, demo_seed, VisionProxySettings(
                 samples=vision_pretrain_samples, epochs=vision_pretrain_epochs, seed=seed))

@@ -1,7 +1,7 @@
-"""The data layer: one sample schema, a benchmark registry, manifest readers/validation, image loading, demo data.
+"""The data layer: one sample schema, a benchmark registry, manifest readers/validation, image loading.
 
-``qponder.data.demo`` (the built-in demo dataset) and ``qponder.data.kadid`` (KADID distortions and labels) are
-imported on demand: they need numpy/scipy/scikit-image, which reading a manifest does not.
+Datasets that build their own samples register a loader by name (``registry.register_dataset_loader``); the CPU
+demo's dataset lives in ``qponder.demo.data`` and plugs in that way.
 """
 
 from qponder.data.images import fit_pixels, load_image, prepare_image, verify_image

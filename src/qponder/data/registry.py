@@ -15,7 +15,7 @@ livec       LIVE Challenge   0 – 100      slider MOS (labels 3.42–92.43)
 agiqa3k     AGIQA-3K         0 – 5        ``mos_quality`` column of the released data.csv (perception MOS)
 csiq        CSIQ             0 – 1        DMOS, **lower is better** (labels 0–1)
 tid2013     TID2013          0 – 9        MOS from pairwise comparisons (labels 0.24–7.21)
-demo        qponder demo     1 – 5        KADID-10k cell means (see ``qponder.data.demo``)
+demo        qponder demo     1 – 5        KADID-10k cell means (see ``qponder.demo.data``)
 custom      custom           1 – 5        default for your own data; override with ``mos_range``
 =========== ================ ============ ============================================================
 
@@ -57,6 +57,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,6 +262,28 @@ def get_benchmark(name: str | BenchmarkSpec) -> BenchmarkSpec:
         raise QponderError(f"unknown dataset {name!r}; known: {', '.join(BENCHMARKS)} "
                            "(aliases such as 'KonIQ-10k', 'LIVE-Wild', 'livec' work too)")
     return BENCHMARKS[hit]
+
+
+# Datasets that make their own samples instead of being read from a data root: name -> a function
+# ``load(split, *, seed, size) -> list[Sample]``. Plugins register them (the CPU demo registers ``demo``; see
+# ``qponder.plugins``), so stages can take ``data: <name>`` without the core importing the plugin.
+_DATASET_LOADERS: dict[str, Callable[..., list]] = {}
+
+
+def register_dataset_loader(name: str, load: Callable[..., list]) -> None:
+    """Make ``name`` usable as ``data:`` / a benchmark name; its label range comes from ``BENCHMARKS[name]``."""
+    get_benchmark(name)  # the spec (MOS range, default split) must exist
+    _DATASET_LOADERS[name] = load
+
+
+def dataset_loader(name: str) -> Callable[..., list] | None:
+    """The loader registered under exactly ``name`` (plugins are loaded on the first miss), or None: then ``name`` is
+    a manifest file or a benchmark under a data root."""
+    if name not in _DATASET_LOADERS:
+        from qponder.plugins import load_plugins
+
+        load_plugins()
+    return _DATASET_LOADERS.get(name)
 
 
 def get_protocol(name: str) -> Protocol:

@@ -1,4 +1,4 @@
-"""Teacher backends behind one interface: an OpenAI-compatible server, a local transformers model, the rule teacher.
+"""Teacher backends behind one interface: an OpenAI-compatible server, a local transformers model, or a plugin's.
 
 The pipeline only sees :class:`TeacherBackend`:
 
@@ -9,6 +9,9 @@ The pipeline only sees :class:`TeacherBackend`:
   exception that request failed with (a transport failure: recorded in errors.jsonl and retried by a re-run);
 * ``max_batch`` / ``concurrency`` tell the pipeline how to schedule: an HTTP server takes many single requests in
   flight; a local model takes one batch at a time.
+
+``teacher.backend`` names one: ``openai`` and ``local`` are built in; plugins add more with ``register_backend``
+(the CPU demo adds its offline ``rule`` teacher, ``qponder.demo.teacher``).
 """
 
 from __future__ import annotations
@@ -21,9 +24,6 @@ from typing import Any, Sequence
 
 from qponder.distill.config import TeacherSettings
 from qponder.errors import QponderError
-
-RULE_TEACHER_VERSION = "rule-v1"
-
 
 @dataclass
 class TeacherRequest:
@@ -48,6 +48,7 @@ class TeacherBackend:
     max_batch: int = 1
     concurrency: int = 1
     deterministic: bool = False  # the same request always gives the same answer (format retries are pointless)
+    card_note: str | None = None  # a warning the dataset card shows above everything else (e.g. "not a real VLM")
 
     async def start(self) -> None:
         """Load models / open connections (called once before the first request)."""
@@ -242,63 +243,27 @@ class LocalBackend(TeacherBackend):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Rule teacher (offline stand-in)
+# Registry
 # ---------------------------------------------------------------------------------------------------------------
 
-class RuleBackend(TeacherBackend):
-    """Deterministic classical-metrics "expert" (see qponder.distill.rule_teacher). Not a real teacher."""
+_BACKENDS: dict[str, type[TeacherBackend]] = {"openai": OpenAIBackend, "local": LocalBackend}
 
-    deterministic = True
 
-    def __init__(self, settings: TeacherSettings | None = None):
-        from qponder.distill.rule_teacher import CALIBRATION
-        from qponder.io import json_dumps
-        from qponder.prompts import prompt_fingerprint
+def register_backend(name: str, cls: type[TeacherBackend]) -> None:
+    """Make ``teacher.backend: <name>`` build ``cls(settings)`` (plugins call this; see ``qponder.plugins``)."""
+    _BACKENDS[name] = cls
 
-        self.calibration_id = prompt_fingerprint(json_dumps(CALIBRATION, indent=None))
-        self.wording = settings.rule_wording if settings is not None else "varied"
-        self.teacher_id = f"{RULE_TEACHER_VERSION}:{self.calibration_id}" + (
-            "" if self.wording == "varied" else f":{self.wording}")
-        self.max_batch = 32
-        self.concurrency = 1
 
-    def prepare(self, sample: Any) -> Any:
-        from qponder.data import load_image
+def backend_class(name: str) -> type[TeacherBackend]:
+    if name not in _BACKENDS:
+        from qponder.plugins import load_plugins
 
-        img = load_image(sample.image)
-        if min(img.size) < 8:
-            raise QponderError(f"{sample.image}: image of {img.size[0]}x{img.size[1]} px is too small to assess")
-        return img
-
-    def _generate_sync(self, requests: Sequence[TeacherRequest]) -> list[TeacherReply | BaseException]:
-        from qponder.distill.rule_teacher import assess
-
-        out: list[TeacherReply | BaseException] = []
-        for r in requests:
-            try:
-                # The rule teacher ignores the prompt text; `seed` (the attempt number) only changes the wording.
-                base = r.seed or 0
-                out.append(TeacherReply(texts=[assess(r.payload, r.image_id, sample=base + j,
-                                                      wording=self.wording).text
-                                               for j in range(r.n)], requests=1))
-            except ValueError as e:  # e.g. an image too small to measure
-                out.append(QponderError(f"{r.image_id}: {e}"))
-        return out
-
-    async def generate(self, requests: Sequence[TeacherRequest]) -> list[TeacherReply | BaseException]:
-        return await asyncio.to_thread(self._generate_sync, requests)
-
-    def describe(self) -> dict[str, Any]:
-        return {"id": self.teacher_id, "backend": "rule",
-                "note": "deterministic rule-based stand-in for a teacher VLM (qponder.distill.rule_teacher); "
-                        "calibrated on the demo train split only"}
+        load_plugins()
+    if name not in _BACKENDS:
+        names = sorted(_BACKENDS)
+        raise QponderError(f"unknown teacher backend {name!r}; use {', '.join(names[:-1])} or {names[-1]}")
+    return _BACKENDS[name]
 
 
 def make_backend(settings: TeacherSettings) -> TeacherBackend:
-    if settings.backend == "openai":
-        return OpenAIBackend(settings)
-    if settings.backend == "local":
-        return LocalBackend(settings)
-    if settings.backend == "rule":
-        return RuleBackend(settings)
-    raise QponderError(f"unknown teacher backend {settings.backend!r}; use rule, openai or local")
+    return backend_class(settings.backend)(settings)

@@ -1,6 +1,7 @@
 """Settings of ``qponder distill`` (one dataclass tree; every key can be set in a recipe or with ``--set``).
 
-Defaults are the offline demo: the built-in ``rule`` teacher on the demo dataset's train split. Secrets never live
+Defaults are the offline demo: the demo's ``rule`` teacher on the demo dataset's train split (both from the
+``qponder.demo`` plugin). Secrets never live
 here: ``teacher.api_key_env`` names the environment variable that holds the key.
 """
 
@@ -17,7 +18,7 @@ from qponder.prompts import DEFAULT_TEACHER_PROMPT, get_teacher_prompt
 class TeacherSettings:
     """Which teacher answers, and how requests are sent."""
 
-    backend: Literal["rule", "openai", "local"] = "rule"
+    backend: str = "rule"  # openai | local | a plugin's backend (the CPU demo's offline "rule" teacher)
     # openai: an OpenAI-compatible server (vLLM, SGLang, a hosted API). base_url may be empty: then it is read from
     # the environment variable named by base_url_env.
     base_url: str = ""
@@ -40,7 +41,7 @@ class TeacherSettings:
     top_p: float = 1.0
     max_tokens: int = 1024
     seed: Optional[int] = None  # forwarded to the server (openai) / generation seed (local)
-    # rule (offline stand-in) backend: "varied" phrasing per image like a real teacher, or "fixed" phrasing
+    # rule (the demo's offline stand-in) backend: "varied" phrasing per image like a real teacher, or "fixed" phrasing
     rule_wording: Literal["varied", "fixed"] = "varied"
     # local (transformers) backend
     device: str = "auto"
@@ -64,7 +65,7 @@ class FilterSettings:
 
 @dataclass
 class DistillSettings:
-    data: str = "demo"  # "demo" (built-in demo dataset) or a manifest file (CSV / JSON / JSONL)
+    data: str = "demo"  # a manifest file (CSV / JSON / JSONL) or a registered dataset ("demo": the CPU demo's)
     data_root: Optional[str] = None  # folder the manifest's image paths are relative to (default: its folder)
     dataset: str = "custom"  # registry name for the manifest (sets the MOS range used for normalisation)
     split: Optional[str] = "train"  # train | val | test; null or "all" = every row
@@ -96,7 +97,10 @@ class DistillSettings:
                 ("teacher.timeout_s", t.timeout_s, 0, True), ("teacher.max_retries", t.max_retries, 0, False)):
             if value < low or (strict and value == low):
                 raise QponderError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
-        if f.k_samples > 1 and t.temperature <= 0 and t.backend != "rule":
+        from qponder.distill.backends import backend_class
+
+        backend = backend_class(t.backend)  # an unknown name fails here, before any request
+        if f.k_samples > 1 and t.temperature <= 0 and not backend.deterministic:
             raise QponderError("filter.k_samples > 1 needs teacher.temperature > 0 (greedy samples are identical)")
         if t.backend in ("openai", "local") and not t.model:
             raise QponderError(f"teacher.model is required for the {t.backend} backend "

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from qponder.data.registry import dataset_loader
 from qponder.distill.backends import TeacherBackend, TeacherReply, TeacherRequest, make_backend
 from qponder.distill.config import DistillSettings
 from qponder.distill.filtering import (
@@ -82,12 +83,12 @@ class DistillResult:
 # ---------------------------------------------------------------------------------------------------------------
 
 def select_samples(cfg: DistillSettings) -> list:
-    """The samples to distil: demo or manifest, split filter, then the first ``max_samples``."""
+    """The samples to distil: a registered dataset (``demo``) or a manifest, split filter, then the first
+    ``max_samples``."""
     split = cfg.split if cfg.split not in (None, "", "all") else None
-    if cfg.data == "demo":
-        from qponder.data.demo import load_demo_samples
-
-        samples = load_demo_samples(split, seed=cfg.demo_seed, size=cfg.demo_size)
+    load = dataset_loader(cfg.data)
+    if load is not None:
+        samples = load(split, seed=cfg.demo_seed, size=cfg.demo_size)
     else:
         from qponder.data import load_samples
 
@@ -515,7 +516,7 @@ def write_reports(out: Path, cfg: DistillSettings, backend: TeacherBackend, info
         "prompt": {"name": tp.name, "fingerprint": info["prompt_fingerprint"], "mos_informed": tp.mos_informed,
                    "system": tp.system, "user": tp.user},
         "filter": dataclasses.asdict(cfg.filter),
-        "data": {"source": cfg.data, "dataset": cfg.dataset if cfg.data != "demo" else "demo",
+        "data": {"source": cfg.data, "dataset": cfg.data if dataset_loader(cfg.data) else cfg.dataset,
                  "split": cfg.split, "max_samples": cfg.max_samples, "datasets": datasets, "kept_splits": splits},
         "histogram": HIST_FILE if hist else None,
     }
@@ -536,10 +537,8 @@ def _card_markdown(card: dict[str, Any], backend: TeacherBackend) -> str:
         "its answer was kept only when its score agreed with the human MOS.",
         "",
     ]
-    if t.get("backend") == "rule":
-        lines += ["> **Teacher: the built-in rule-based stand-in** (`qponder.distill.rule_teacher`), not a "
-                  "vision-language model. Its rationales come from classical image statistics; use this data for "
-                  "demos and tests, not to train a real model.", ""]
+    if backend.card_note:
+        lines += [f"> {backend.card_note}", ""]
     lines += [
         "| | |", "|---|---|",
         f"| teacher | `{t.get('id')}` |",
@@ -581,19 +580,3 @@ def _card_markdown(card: dict[str, Any], backend: TeacherBackend) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def distill_demo_records(out: str | Path, max_samples: int | None = None, seed: int = 0, split: str = "train",
-                         tolerance: float | None = None, progress: bool = False) -> Path:
-    """Distil the demo dataset with the offline rule teacher into ``out``; returns the sft.jsonl path."""
-    from qponder.config import load_config
-
-    sets = [f"out={out}", f"demo_seed={seed}", f"split={split}", f"progress={str(progress).lower()}",
-            "teacher.backend=rule", "data=demo"]
-    if max_samples is not None:
-        sets.append(f"max_samples={max_samples}")
-    if tolerance is not None:
-        sets.append(f"filter.tolerance={tolerance}")
-    cfg = load_config(DistillSettings, None, sets)
-    return run_distill(cfg).sft_path
-

@@ -52,7 +52,7 @@ class GenerationSettings:
 @dataclass
 class GRPOSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
-    data: str = "demo"  # demo | sft.jsonl from distill | a manifest (csv/json/jsonl, pyiqa / DeQA / plain)
+    data: str = "demo"  # sft.jsonl from distill | a manifest (csv/json/jsonl, pyiqa / DeQA / plain) | demo
     demo_seed: int = 0  # data=demo: which seeded photo split (must match the distillation's)
     data_root: Optional[str] = None
     dataset: str = "custom"
@@ -73,12 +73,14 @@ class GRPOSettings:
 
 
 def load_grpo_samples(cfg: GRPOSettings) -> list[dict]:
-    """Rows with image path, normalised MOS and image_id, from the demo, distilled records or a manifest."""
-    data = cfg.data
-    if data == "demo":
-        from qponder.data.demo import load_demo_samples
+    """Rows with image path, normalised MOS and image_id, from a registered dataset (``demo``), distilled records or
+    a manifest."""
+    from qponder.data.registry import dataset_loader
 
-        samples = [s.to_dict() for s in load_demo_samples(split=cfg.split, seed=cfg.demo_seed)]
+    data = cfg.data
+    load = dataset_loader(data)
+    if load is not None:
+        samples = [s.to_dict() for s in load(cfg.split, seed=cfg.demo_seed)]
     elif data.endswith(".jsonl") and Path(data).exists() and _looks_like_sft(data):
         from qponder.train.data import read_sft_records
 

@@ -248,7 +248,7 @@ def _basis(m: Measurements) -> dict[str, float]:
 # levels) on [1, -basis], i.e. the intercept and non-negative penalty weights; zero weights are dropped.
 # `text_offsets` is each defect's median penalty over the same images (what an image without that defect pays;
 # rationales describe only the excess). Val/test were not used. Fit result on train/val/test: SRCC 0.871 / 0.910 /
-# 0.860. Re-run `python -m qponder.distill.rule_teacher --calibrate` after changing measure(), KNOTS or the demo
+# 0.860. Re-run `python -m qponder.demo.rule_teacher --calibrate` after changing measure(), KNOTS or the demo
 # data (a test checks the match).
 CALIBRATION: dict[str, Any] = {
     "intercept": 4.6648,
@@ -513,7 +513,7 @@ def assess(image: Any, image_id: str, sample: int = 0, wording: str = "varied") 
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """``python -m qponder.distill.rule_teacher --calibrate`` prints a fresh CALIBRATION; ``--eval`` the SRCCs."""
+    """``python -m qponder.demo.rule_teacher --calibrate`` prints a fresh CALIBRATION; ``--eval`` the SRCCs."""
     import argparse
     import json
 
@@ -522,7 +522,7 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval", action="store_true", help="SRCC/PLCC vs MOS per demo split")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from qponder.data.demo import load_demo_samples
+    from qponder.demo.data import load_demo_samples
 
     if args.calibrate:
         print(json.dumps(fit_calibration(load_demo_samples("train", seed=args.seed)), indent=4))
@@ -538,7 +538,7 @@ def evaluate_on_demo(seed: int = 0, splits: Sequence[str] = ("train", "val", "te
     from scipy.stats import pearsonr, spearmanr
 
     from qponder.data import load_image
-    from qponder.data.demo import load_demo_samples
+    from qponder.demo.data import load_demo_samples
 
     out = {}
     for split in splits:

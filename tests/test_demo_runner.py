@@ -8,7 +8,7 @@ import json
 import pytest
 
 from qponder.cli import main as cli_main
-from qponder.data.demo import assign_splits
+from qponder.demo.data import assign_splits
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ vision tower and merger learn to predict, from random crops of reference photogr
 distortions,
 
 * the rule teacher's global measurements of the view (re-blur ratio, edge steepness, noise sigma, blocking,
-  pixelation, exposure, contrast, saturation; :func:`qponder.distill.rule_teacher.measure`), from the mean of the
+  pixelation, exposure, contrast, saturation; :func:`qponder.demo.rule_teacher.measure`), from the mean of the
   merged tokens, and
 * per merged token, local statistics of its cell (Laplacian energy at two scales and their ratio, second-difference
   residual, mean luminance, log contrast, saturation).
@@ -50,7 +50,7 @@ class VisionProxySettings:
 
 def global_targets(view: np.ndarray) -> np.ndarray:
     """The rule teacher's measurements of one HxWx3 uint8 view, on scales where a squared error makes sense."""
-    from qponder.distill.rule_teacher import measure
+    from qponder.demo.rule_teacher import measure
 
     m = measure(view)
     return np.array([m.blur, math.log(m.edge + 1e-3), math.log1p(m.noise), math.log1p(10.0 * max(m.blocking, 0.0)),
@@ -91,8 +91,8 @@ def proxy_views(references: Sequence[np.ndarray], n: int, side: int, seed: int =
                 distorted_fraction: float = 0.9, distortions: Optional[Sequence[str]] = None) -> list[np.ndarray]:
     """``n`` random ``side`` px crops of the references (random flips), min-max stretched like KADID's input, most of
     them with a random KADID-10k distortion at a random level. Deterministic given ``seed``."""
-    from qponder.data.demo import SIZES
-    from qponder.data.kadid import DISTORTIONS, mapmm, to_float, to_uint8
+    from qponder.demo.data import SIZES
+    from qponder.demo.kadid import DISTORTIONS, mapmm, to_float, to_uint8
 
     usable = [r for r in references if min(r.shape[:2]) >= side]
     if not usable:
@@ -246,7 +246,7 @@ def pretrain_vision(model_dir: str | Path, references: Sequence[np.ndarray], set
 def pretrain_on_demo(model_dir: str | Path, demo_seed: int, settings: VisionProxySettings) -> dict:
     """:func:`pretrain_vision` on the training photographs of the demo split ``demo_seed`` (held-out figures from its
     val photograph); the test photographs are never used."""
-    from qponder.data.demo import split_photos, working_image
+    from qponder.demo.data import split_photos, working_image
 
     train, val = split_photos("train", demo_seed), split_photos("val", demo_seed)
     return pretrain_vision(model_dir, [np.asarray(working_image(p)) for p in train], settings,

@@ -1,0 +1,90 @@
+"""The package's shape: the core never reaches the CPU demo's stand-ins (``qponder.demo``) or the CLI; the demo plugs
+in only through the registries a user's plugin also uses."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import qponder
+
+PKG = Path(qponder.__file__).parent
+# Layers on top of the core: they may import anything; nothing in the core may import them.
+TOP = ("qponder.demo", "qponder.commands", "qponder.cli", "qponder.__main__")
+
+
+def _module_name(path: Path, pkg: Path = PKG) -> str:
+    parts = path.relative_to(pkg.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, pkg: Path = PKG) -> set[str]:
+    """Every module an import statement in ``path`` names, at any depth (function-local imports included)."""
+    mod = _module_name(path, pkg)
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            out.add(target)
+            out |= {f"{target}.{a.name}" for a in node.names}  # `from qponder import demo`
+    return out
+
+
+def _is_top(name: str) -> bool:
+    return any(name == t or name.startswith(t + ".") for t in TOP)
+
+
+def core_modules() -> list[Path]:
+    return [p for p in sorted(PKG.rglob("*.py")) if not _is_top(_module_name(p))]
+
+
+def test_the_core_never_imports_the_demo_or_the_cli():
+    core = core_modules()
+    assert len(core) > 30 and any(p.name == "pipeline.py" for p in core)  # the walk really sees the core
+    bad = {f"{p.relative_to(PKG.parent)} imports {name}"
+           for p in core for name in _imports(p) if _is_top(name)}
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_the_import_walk_sees_function_local_and_relative_imports(tmp_path):
+    pkg = tmp_path / "qponder" / "distill"
+    pkg.mkdir(parents=True)
+    f = pkg / "x.py"
+    f.write_text("def f():\n    from qponder.demo.data import load_demo_samples\nfrom ..demo import register\n"
+                 "from .. import commands\n")
+    names = _imports(f, pkg=tmp_path / "qponder")
+    assert {"qponder.demo.data", "qponder.demo", "qponder.commands"} <= names
+    assert all(_is_top(n) for n in ("qponder.demo.data", "qponder.demo", "qponder.commands"))
+    assert not _is_top("qponder.demonstration") and not _is_top("qponder.distill")
+
+
+def test_demo_names_resolve_through_the_plugin_entry_point():
+    """``rule`` and ``demo`` are found by name in a fresh process that never imported qponder.demo itself."""
+    code = ("import sys\n"
+            "from qponder.distill.backends import backend_class\n"
+            "from qponder.data.registry import dataset_loader\n"
+            "assert 'qponder.demo' not in sys.modules\n"
+            "print(backend_class('rule').__module__, dataset_loader('demo') is not None, "
+            "dataset_loader('labels.csv'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["qponder.demo.teacher", "True", "None"]
+
+
+def test_unknown_backend_names_every_registered_one():
+    from qponder.distill.backends import backend_class
+    from qponder.errors import QponderError
+
+    with pytest.raises(QponderError, match=r"unknown teacher backend 'vlm72b'; use local, openai or rule"):
+        backend_class("vlm72b")
