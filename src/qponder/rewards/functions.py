@@ -1,0 +1,193 @@
+"""The built-in rewards (``format``, three ``accuracy`` variants, ``consistency``, ``rank_fidelity``,
+``qponder_reward``), registered by name on import. What each computes is documented in the package docstring; the
+math itself is in ``formulas``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from qponder.errors import QponderError
+from qponder.parsing import ParsedCompletion
+from qponder.rewards.base import RewardFunction, _column, _mos_column, _named_params, _positive, reward_stats
+from qponder.rewards.formulas import RANK_EPS, consistency_score, rank_fidelity
+from qponder.rewards.formulas import gaussian_accuracy, linear_accuracy, threshold_accuracy  # the _ACCURACY table
+from qponder.rewards.readers import _READERS, Reader, build_reader
+from qponder.rewards.registry import build, register_reward
+
+
+class FormatReward(RewardFunction):
+    def compute(self, parsed, columns):
+        return [1.0 if p.format_ok else 0.0 for p in parsed], {}
+
+
+@register_reward("format")
+def _format() -> RewardFunction:
+    return FormatReward("format")
+
+
+_ACCURACY: dict[str, tuple[Callable[..., float], str, float]] = {
+    # registry name: (formula, parameter name, default)
+    "accuracy": (linear_accuracy, "tau", 1.0),
+    "accuracy_threshold": (threshold_accuracy, "tau", 0.35),
+    "accuracy_gaussian": (gaussian_accuracy, "sigma", 0.5),
+}
+
+
+class AccuracyReward(RewardFunction):
+    def __init__(self, variant: str, width: float | None = None, name: str | None = None):
+        if variant not in _ACCURACY:
+            raise QponderError(f"unknown accuracy variant {variant!r}; available: {', '.join(_ACCURACY)}")
+        super().__init__(name or variant)
+        self.formula, self.param, default = _ACCURACY[variant]
+        self.width = _positive(default if width is None else width, f"{variant}.{self.param}")
+
+    def values(self, parsed: Sequence[ParsedCompletion], mos: Sequence[float]) -> list[float]:
+        f, w = self.formula, self.width
+        return [f(p.score, m, w) for p, m in zip(parsed, mos)]
+
+    def compute(self, parsed, columns):
+        return self.values(parsed, _mos_column(columns, len(parsed), self.__name__)), {}
+
+
+@register_reward("accuracy")
+def _accuracy(tau: float = 1.0) -> RewardFunction:
+    return AccuracyReward("accuracy", tau)
+
+
+@register_reward("accuracy_threshold")
+def _accuracy_threshold(tau: float = 0.35) -> RewardFunction:
+    return AccuracyReward("accuracy_threshold", tau)
+
+
+@register_reward("accuracy_gaussian")
+def _accuracy_gaussian(sigma: float = 0.5) -> RewardFunction:
+    return AccuracyReward("accuracy_gaussian", sigma)
+
+
+def _reader_from_params(owner: str, own: list[str], reader: str | Reader, reader_params: Mapping[str, Any] | None,
+                        flat: Mapping[str, Any]) -> Reader:
+    """Build the reader from ``reader_params`` and/or reader parameters given flat beside the reward's own
+    (``params: {reader: levels, model: runs/sft/final}``), with errors that name both sets of valid keys."""
+    merged = dict(reader_params or {})
+    for k, v in flat.items():
+        if k in merged:
+            raise QponderError(f"{owner}: {k!r} is given both flat and in reader_params")
+        merged[k] = v
+    if flat and not isinstance(reader, str):
+        raise QponderError(f"{owner}: unknown parameter {next(iter(flat))!r}; valid: {', '.join(own)}")
+    if flat and reader in _READERS:
+        valid = _named_params(_READERS[reader])
+        unknown = [k for k in flat if k not in valid]
+        if unknown:
+            raise QponderError(f"{owner}: unknown parameter {unknown[0]!r}; valid: {', '.join(own)}, or the "
+                               f"{reader} reader's: {', '.join(valid) or 'none'}")
+    return build_reader(reader, **merged)
+
+
+class ConsistencyReward(RewardFunction):
+    """``max(0, 1 - |reader(reasoning) - score| / tau)``; the reader sees only samples with reasoning and score
+    (and, with ``require_format``, the default, only well-formed ones: a broken output cannot collect it)."""
+
+    def __init__(self, reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
+                 tau: float = 1.0, require_format: bool = True, name: str = "consistency", **reader_kwargs: Any):
+        super().__init__(name)
+        self.reader = _reader_from_params(name, _named_params(_consistency), reader, reader_params, reader_kwargs)
+        self.tau = _positive(tau, f"{name}.tau")
+        self.require_format = bool(require_format)
+
+    def values(self, parsed: Sequence[ParsedCompletion]) -> tuple[list[float], dict[str, float]]:
+        eligible = [i for i, p in enumerate(parsed)
+                    if p.reasoning is not None and p.score is not None and (p.format_ok or not self.require_format)]
+        out = [0.0] * len(parsed)
+        metrics: dict[str, float] = {"eligible_frac": len(eligible) / len(parsed) if parsed else 0.0}
+        if not eligible:
+            return out, metrics
+        implied = list(self.reader([parsed[i].reasoning for i in eligible]))
+        if len(implied) != len(eligible):
+            raise ValueError(f"consistency reader returned {len(implied)} values for {len(eligible)} texts")
+        fails = 0
+        for i, s_r in zip(eligible, implied):
+            if s_r is None or not math.isfinite(s_r):
+                fails += 1
+                continue
+            out[i] = consistency_score(float(s_r), parsed[i].score, self.tau)
+        metrics["reader_fail_frac"] = fails / len(eligible)
+        return out, metrics
+
+    def compute(self, parsed, columns):
+        return self.values(parsed)
+
+
+@register_reward("consistency")
+def _consistency(reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
+                 tau: float = 1.0, require_format: bool = True, **reader_kwargs: Any) -> RewardFunction:
+    return ConsistencyReward(reader, reader_params, tau, require_format, **reader_kwargs)
+
+
+class RankFidelityReward(RewardFunction):
+    def __init__(self, eps: float = RANK_EPS, name: str = "rank_fidelity"):
+        super().__init__(name)
+        self.eps = _positive(eps, f"{name}.eps")
+
+    def compute(self, parsed, columns):
+        n = len(parsed)
+        mos = _mos_column(columns, n, self.__name__)
+        ids = _column(columns, "image_id", n, self.__name__, "which image each completion rates")
+        values = rank_fidelity([p.score for p in parsed], mos, ids, self.eps)
+        return values, {"images": float(len({repr(i) for i in ids}))}
+
+
+@register_reward("rank_fidelity")
+def _rank_fidelity(eps: float = RANK_EPS) -> RewardFunction:
+    return RankFidelityReward(eps)
+
+
+class QponderReward(RewardFunction):
+    """``w_format * format + w_accuracy * accuracy + w_consistency * consistency * format_ok``."""
+
+    def __init__(self, w_format: float = 1.0, w_accuracy: float = 1.0, w_consistency: float = 1.0,
+                 accuracy: str = "accuracy", accuracy_params: Mapping[str, Any] | None = None,
+                 reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
+                 consistency_tau: float = 1.0, name: str = "qponder_reward", **reader_kwargs: Any):
+        super().__init__(name)
+        self.weights = {}
+        for key, w in (("format", w_format), ("accuracy", w_accuracy), ("consistency", w_consistency)):
+            try:
+                if isinstance(w, bool):
+                    raise ValueError
+                self.weights[key] = float(w)
+            except (TypeError, ValueError):
+                raise QponderError(f"{name}.w_{key} must be a number, got {w!r}") from None
+        if accuracy not in _ACCURACY:
+            raise QponderError(f"{name}.accuracy: unknown accuracy variant {accuracy!r}; available: "
+                               f"{', '.join(_ACCURACY)}")
+        self.accuracy: AccuracyReward = build(accuracy, **dict(accuracy_params or {}))  # type: ignore[assignment]
+        own = _named_params(_qponder_reward)
+        self.consistency = ConsistencyReward(_reader_from_params(name, own, reader, reader_params, reader_kwargs),
+                                             None, consistency_tau, require_format=True)
+
+    def compute(self, parsed, columns):
+        mos = _mos_column(columns, len(parsed), self.__name__)
+        fmt = [1.0 if p.format_ok else 0.0 for p in parsed]
+        acc = self.accuracy.values(parsed, mos)
+        con, con_metrics = self.consistency.values(parsed)  # gated: only format_ok samples are read
+        w = self.weights
+        total = [w["format"] * f + w["accuracy"] * a + w["consistency"] * c for f, a, c in zip(fmt, acc, con)]
+        metrics: dict[str, float] = {}
+        for comp, vals in (("format", fmt), ("accuracy", acc), ("consistency", con)):
+            for stat, v in reward_stats(vals).items():
+                metrics[f"{comp}/{stat}"] = v
+        if "reader_fail_frac" in con_metrics:
+            metrics["consistency/reader_fail_frac"] = con_metrics["reader_fail_frac"]
+        return total, metrics
+
+
+@register_reward("qponder_reward")
+def _qponder_reward(w_format: float = 1.0, w_accuracy: float = 1.0, w_consistency: float = 1.0,
+                    accuracy: str = "accuracy", accuracy_params: Mapping[str, Any] | None = None,
+                    reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
+                    consistency_tau: float = 1.0, **reader_kwargs: Any) -> RewardFunction:
+    return QponderReward(w_format, w_accuracy, w_consistency, accuracy, accuracy_params, reader, reader_params,
+                         consistency_tau, **reader_kwargs)
