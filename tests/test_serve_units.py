@@ -326,7 +326,8 @@ def test_http_url_detection():
 # request parsing
 # ---------------------------------------------------------------------------------------------------------------
 
-from qponder.serve.app import ApiError, apply_stop, split_messages  # noqa: E402
+from qponder.serve.errors import ApiError  # noqa: E402
+from qponder.serve.routes.chat import apply_stop, split_messages  # noqa: E402
 from qponder.serve.schemas import ChatCompletionRequest  # noqa: E402
 
 IMG = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}

