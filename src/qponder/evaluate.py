@@ -122,7 +122,7 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
         bdir.mkdir(parents=True, exist_ok=True)
         pred_file = bdir / "predictions.jsonl"
         t0 = time.time()
-        extra = [{"image_id": s.image_id, "mos": s.mos_norm, "mos_native": s.mos, "dataset": bench,
+        extra = [{"image_id": s.image_id, "mos": s.mos, "mos_native": s.mos_native, "dataset": bench,
                   "path": s.image} for s in samples]
         stats = score_files(scorer, [s.image for s in samples], out_path=str(pred_file),
                             names=[s.image_id for s in samples], samples=cfg.samples, readout=cfg.readout,
@@ -135,7 +135,7 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
             log.warning("%s: %d image(s) could not be scored (unreadable); they count as failures", bench,
                         len(missing))
         preds = [records[w]["score"] if w in records else None for w in wanted]
-        mos = [s.mos_norm for s in samples]
+        mos = [s.mos for s in samples]
         summary = summarize(preds, mos)
         lengths = [len(records[w]["raw"][0]) for w in wanted if w in records and records[w].get("raw")]
         summary["mean_output_chars"] = (sum(lengths) / len(lengths)) if lengths else None

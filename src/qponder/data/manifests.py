@@ -159,8 +159,8 @@ class ManifestReport:
             lines.append("columns:  " + ", ".join(f"{k}={self.columns[k]!r}" for k in order if k in self.columns))
         if self.samples:
             lines.append("splits:   " + " · ".join(f"{k} {v}" for k, v in self.split_counts().items()))
-            mos = [s.mos for s in self.samples]
-            norm = [s.mos_norm for s in self.samples]
+            mos = [s.mos_native for s in self.samples]
+            norm = [s.mos for s in self.samples]
             lines.append(f"MOS:      native {min(mos):.4g} – {max(mos):.4g}  ->  normalised "
                          f"{min(norm):.4g} – {max(norm):.4g} (on [1, 5], higher is better)")
             n_std = sum(s.std is not None for s in self.samples)
@@ -587,8 +587,8 @@ def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = 
         if bad:
             continue
         samples.append(Sample(
-            image=img_abs, mos=mos, mos_norm=normalize_mos(mos, spec), dataset=spec.name, split=split,
-            image_id=f"{spec.name}/{rel}", std=std, std_norm=None if std is None else normalize_std(std, spec),
+            image=img_abs, mos=normalize_mos(mos, spec), mos_native=mos, dataset=spec.name, split=split,
+            image_id=f"{spec.name}/{rel}", std=None if std is None else normalize_std(std, spec), std_native=std,
             ref=ref_abs, source=f"{fname}:{r.row}" if rk == "line" else f"{fname}:entry {r.row}",
             extra=r.extra))
 

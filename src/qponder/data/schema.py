@@ -1,9 +1,19 @@
-"""The one sample record every stage uses, and the linear MOS normalisation to [1, 5].
+"""The one sample record every stage uses, the MOS contract, and the linear MOS normalisation to [1, 5].
 
-Every dataset keeps its native score (``mos``) next to a normalised one (``mos_norm``): prompts, rewards and
-metrics work on the common 1–5 scale, while reports can still quote the dataset's own numbers. Normalisation is
-linear from the dataset's *documented* range (not the observed min/max, which changes with the subset), flipped
-where lower is better (DMOS), so that 5 is always best.
+The MOS contract, for every record qponder holds or writes (``Sample``, ``sft.jsonl``, ``decisions.jsonl``, GRPO
+rows, ``predictions.jsonl``):
+
+* ``mos`` is always the human score normalised to [1, 5], higher = better: what the model is trained on, rewarded
+  against and scored against;
+* ``mos_native`` is the same score on the dataset's own scale (e.g. SPAQ's 0–100, a DMOS), for reports;
+* ``std`` / ``std_native`` are the rating spread on those two scales (None when the dataset has none).
+
+Only the input side differs: a manifest's score column is, by definition, native. Files written before this
+contract (``Sample`` dicts with ``mos``/``mos_norm``, ``decisions.jsonl`` with ``mos_raw``) are converted once, where
+they are read (:func:`upgrade_mos_names`).
+
+Normalisation is linear from the dataset's *documented* range (not the observed min/max, which changes with the
+subset), flipped where lower is better (DMOS), so that 5 is always best.
 """
 
 from __future__ import annotations
@@ -33,13 +43,13 @@ class Sample:
     """
 
     image: str
-    mos: float
-    mos_norm: float
+    mos: float  # normalised to [1, 5] (the MOS contract above)
+    mos_native: float  # on the dataset's own scale
     dataset: str
     split: str | None
     image_id: str
-    std: float | None = None
-    std_norm: float | None = None
+    std: float | None = None  # normalised like mos
+    std_native: float | None = None
     ref: str | None = None
     source: str | None = field(default=None, compare=False)
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
@@ -49,12 +59,12 @@ class Sample:
         return {
             "image": self.image,
             "mos": self.mos,
-            "mos_norm": self.mos_norm,
+            "mos_native": self.mos_native,
             "dataset": self.dataset,
             "split": self.split,
             "image_id": self.image_id,
             "std": self.std,
-            "std_norm": self.std_norm,
+            "std_native": self.std_native,
             "ref": self.ref,
             "source": self.source,
             "extra": dict(self.extra),
@@ -62,17 +72,32 @@ class Sample:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Sample:
-        """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        """Inverse of :meth:`to_dict` (unknown keys are ignored; a dict from before the MOS contract is upgraded)."""
+        d = upgrade_mos_names(d)
         try:
             return cls(
-                image=str(d["image"]), mos=float(d["mos"]), mos_norm=float(d["mos_norm"]),
+                image=str(d["image"]), mos=float(d["mos"]), mos_native=float(d["mos_native"]),
                 dataset=str(d["dataset"]), split=d.get("split"), image_id=str(d["image_id"]),
                 std=None if d.get("std") is None else float(d["std"]),
-                std_norm=None if d.get("std_norm") is None else float(d["std_norm"]),
+                std_native=None if d.get("std_native") is None else float(d["std_native"]),
                 ref=d.get("ref"), source=d.get("source"), extra=dict(d.get("extra") or {}),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise QponderError(f"sample record is missing or has a bad field: {e}") from e
+
+
+def upgrade_mos_names(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record in today's names (the MOS contract). Older ``Sample`` dicts held the native score in ``mos`` and the
+    normalised one in ``mos_norm`` (``std``/``std_norm`` likewise); older ``decisions.jsonl`` rows held the native score
+    in ``mos_raw`` beside an already normalised ``mos``. Records in today's names come back as they are."""
+    out = dict(record)
+    if "mos_norm" in out:
+        out["mos_native"], out["mos"] = out.get("mos"), out.pop("mos_norm")
+        if "std_norm" in out or "std" in out:
+            out["std_native"], out["std"] = out.get("std"), out.pop("std_norm", None)
+    elif "mos_raw" in out:
+        out["mos_native"] = out.pop("mos_raw")
+    return out
 
 
 def _range_of(spec: BenchmarkSpec | str | tuple) -> tuple[float, float, bool]:

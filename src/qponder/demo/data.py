@@ -262,7 +262,7 @@ def build_demo_dataset(out_dir: str | os.PathLike | None = None, seed: int = 0, 
 
 def load_demo_samples(split: str | None = None, seed: int = 0, out_dir: str | os.PathLike | None = None,
                       size: str = "default"):
-    """Demo samples (building the dataset first if needed). MOS is KADID's 1-5 scale, so ``mos_norm == mos``."""
+    """Demo samples (building the dataset first if needed). MOS is KADID's 1-5 scale, so ``mos == mos_native``."""
     from qponder.data.manifests import load_samples
 
     return load_samples(build_demo_dataset(out_dir, seed, size), dataset="demo", split=split)

@@ -303,7 +303,7 @@ def score_of(m: Measurements, calibration: dict[str, Any] | None = None) -> floa
 
 
 def fit_calibration(samples: Sequence[Any], *, load=None) -> dict[str, Any]:
-    """Fit CALIBRATION on labelled samples (``.image`` path, ``.mos_norm``) by non-negative least squares."""
+    """Fit CALIBRATION on labelled samples (``.image`` path, ``.mos``) by non-negative least squares."""
     from scipy.optimize import nnls
 
     if load is None:
@@ -313,7 +313,7 @@ def fit_calibration(samples: Sequence[Any], *, load=None) -> dict[str, Any]:
     for s in samples:
         b = _basis(measure(load(s.image)))
         rows.append([1.0] + [-b[n] for n in names])
-        ys.append(float(s.mos_norm))
+        ys.append(float(s.mos))
     coef, _ = nnls(np.asarray(rows), np.asarray(ys))
     weights = {n: round(float(c), 4) for n, c in zip(names, coef[1:]) if c > 1e-4}
     cal = {"intercept": round(float(coef[0]), 4), "weights": weights, "text_offsets": {}}
@@ -546,7 +546,7 @@ def evaluate_on_demo(seed: int = 0, splits: Sequence[str] = ("train", "val", "te
         t0 = time.perf_counter()
         preds = [assess(load_image(s.image), s.image_id).score for s in samples]
         dt = (time.perf_counter() - t0) / max(1, len(samples))
-        mos = [s.mos_norm for s in samples]
+        mos = [s.mos for s in samples]
         out[split] = {"n": len(samples), "srcc": round(float(spearmanr(preds, mos)[0]), 4),
                       "plcc": round(float(pearsonr(preds, mos)[0]), 4),
                       "ms_per_image": round(dt * 1000, 2)}

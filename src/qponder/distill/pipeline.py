@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from qponder.data.registry import dataset_loader
+from qponder.data.schema import upgrade_mos_names
 from qponder.distill.backends import TeacherBackend, TeacherReply, TeacherRequest, make_backend
 from qponder.distill.config import DistillSettings
 from qponder.distill.filtering import (
@@ -46,7 +47,7 @@ from qponder.prompts import format_target, get_teacher_prompt, prompt_fingerprin
 
 log = logging.getLogger(__name__)
 
-SFT_FIELDS = ("image", "image_id", "mos", "dataset", "split", "reasoning", "teacher_score", "target")
+SFT_FIELDS = ("image", "image_id", "mos", "mos_native", "dataset", "split", "reasoning", "teacher_score", "target")
 DECISIONS_FILE = "decisions.jsonl"
 SFT_FILE = "sft.jsonl"
 ERRORS_FILE = "errors.jsonl"
@@ -126,7 +127,7 @@ def read_decisions(out: Path) -> list[dict]:
             log.warning("%s: image %s is recorded twice; keeping the first record", path, iid)
             continue
         seen.add(iid)
-        rows.append(r)
+        rows.append(upgrade_mos_names(r))
     return rows
 
 
@@ -280,7 +281,7 @@ class _Runner:
         self.consecutive_errors = 0
 
     def _item(self, sample: Any) -> _Item:
-        mos = float(sample.mos_norm)
+        mos = float(sample.mos)
         informed = self.tp.mos_informed
         return _Item(sample=sample, system=self.tp.system, user=self.tp.render_user(mos if informed else None),
                      mos_in_prompt=mos if informed and self.cfg.filter.reject_mos_leak else None)
@@ -295,7 +296,7 @@ class _Runner:
 
     def _seed(self, attempt: int) -> int | None:
         s = self.cfg.teacher.seed
-        if self.cfg.teacher.backend == "rule":
+        if self.backend.deterministic:  # its seed only picks the wording of each of the K samples
             return attempt * self.cfg.filter.k_samples
         if s is None:
             return None if self.cfg.teacher.backend == "openai" else attempt
@@ -345,7 +346,7 @@ class _Runner:
                              "status": getattr(e, "status", None), "attempts": it.attempts, "requests": it.requests,
                              "teacher": self.backend.teacher_id, "time": _now()}
         f = self.cfg.filter
-        mos = float(s.mos_norm)
+        mos = float(s.mos)
         if it.unreadable is not None:
             d = Decision(False, "unreadable_image", it.unreadable)
         else:
@@ -355,7 +356,7 @@ class _Runner:
         reasoning = chosen.reasoning if chosen is not None else None
         return "decision", {
             "image_id": s.image_id, "image": s.image, "dataset": s.dataset, "split": s.split,
-            "mos": round(mos, 6), "mos_raw": s.mos,
+            "mos": round(mos, 6), "mos_native": s.mos_native,
             "decision": "kept" if d.kept else "rejected", "reason": d.reason, "detail": d.detail,
             "teacher_score": d.teacher_score, "score_error": d.score_error,
             "scores": list(d.scores), "scores_std": d.scores_std, "chosen": d.chosen,
@@ -571,7 +572,8 @@ def _card_markdown(card: dict[str, Any], backend: TeacherBackend) -> str:
     lines += [
         "", "## Files", "",
         f"- `{SFT_FILE}`: one JSON object per line with `{'`, `'.join(SFT_FIELDS)}`; `image` is an absolute path, "
-        "`mos` the MOS normalised to 1-5, `target` the assistant text "
+        "`mos` the MOS normalised to 1-5, `mos_native` the same score on the dataset's own scale, `target` the "
+        "assistant text "
         "`<think>reasoning</think>\\n<answer>score</answer>` (`qponder.prompts.format_target`).",
         f"- `{DECISIONS_FILE}`: every decision (kept or rejected, `reason`, `detail`), the raw teacher texts "
         "(`candidates`), attempts, requests and HTTP statuses, for auditing.",

@@ -73,8 +73,8 @@ class GRPOSettings:
 
 
 def load_grpo_samples(cfg: GRPOSettings) -> list[dict]:
-    """Rows with image path, normalised MOS and image_id, from a registered dataset (``demo``), distilled records or
-    a manifest."""
+    """Rows with image path, ``mos`` / ``mos_native`` (the MOS contract, ``qponder.data.schema``) and image_id, from a
+    registered dataset (``demo``), distilled records or a manifest."""
     from qponder.data.registry import dataset_loader
 
     data = cfg.data
@@ -84,17 +84,15 @@ def load_grpo_samples(cfg: GRPOSettings) -> list[dict]:
     elif data.endswith(".jsonl") and Path(data).exists() and _looks_like_sft(data):
         from qponder.train.data import read_sft_records
 
-        samples = [{"image": r["image"], "mos": r.get("mos"), "image_id": r.get("image_id") or r["image"],
-                    "source": f"{data}: {r.get('image_id') or r['image']}"}
+        samples = [{"image": r["image"], "mos": r.get("mos"), "mos_native": r.get("mos_native"),
+                    "image_id": r.get("image_id") or r["image"], "source": f"{data}: {r.get('image_id') or r['image']}"}
                    for r in read_sft_records(data) if cfg.split is None or r.get("split") in (None, cfg.split)]
     else:
         from qponder.data import load_samples
 
         samples = [s.to_dict() for s in load_samples(data, cfg.data_root, dataset=cfg.dataset, split=cfg.split)]
-    rows = []
-    for s in samples:
-        mos = s.get("mos_norm", s.get("mos"))
-        rows.append({"image": s["image"], "mos": mos, "image_id": s["image_id"], "source": s.get("source")})
+    rows = [{"image": s["image"], "mos": s["mos"], "mos_native": s.get("mos_native"), "image_id": s["image_id"],
+             "source": s.get("source")} for s in samples]
     if cfg.max_samples:
         rows = rows[: cfg.max_samples]
     if not rows:
