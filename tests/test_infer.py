@@ -156,3 +156,20 @@ def test_score_output_written_with_other_settings_is_refused(tiny_model_dir, tmp
     err = capsys.readouterr().err
     assert "already holds predictions made with other settings" in err and str(out) in err
     assert len(out.read_text().splitlines()) == 1  # nothing mixed in
+
+
+def test_resume_never_mixes_backends(tiny_model_dir, tmp_path, capsys):
+    """The backend (HF with its weight dtype, or vLLM) is part of what a resumed file must match: `--backend auto`
+    or another dtype would otherwise append differently computed answers to the same predictions."""
+    p = tmp_path / "one.png"
+    _images(1)[0].save(p)
+    out = tmp_path / "s.jsonl"
+    base = ["score", str(p), "--model", str(tiny_model_dir), "--out", str(out), "--max-new-tokens", "4"]
+    assert cli_main(base + ["--dtype", "float32"]) == 0
+    assert json.loads(out.read_text())["backend"] == "hf:float32"
+    assert cli_main(base + ["--dtype", "bfloat16"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds predictions made with other settings" in err
+    assert "backend 'hf:float32'; now 'hf:bfloat16'" in err
+    assert len(out.read_text().splitlines()) == 1
+    assert cli_main(base + ["--dtype", "float32"]) == 0  # the same backend resumes

@@ -130,6 +130,7 @@ class QualityScorer:
         self.seed = seed
         self.prompt = prompt
         self.model_name = str(model_path or loaded.path)
+        self.backend = f"hf:{str(next(self.model.parameters()).dtype).removeprefix('torch.')}"  # in resume checks
         self._level_ids: list[int] | None = None
 
     # -- prompt construction -----------------------------------------------------------------------------------
@@ -218,7 +219,8 @@ class QualityScorer:
             texts = self._texts(len(images), self.prompt, None, prefixes)
         inputs = self._inputs(images, texts)
         with torch.inference_mode():
-            logits = self.model(**inputs).logits[:, -1, :]  # left padding: the last position is real for all rows
+            # left padding: the last position is real for every row; logits for it alone (not seq x 152k vocab)
+            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
         return expected_level_score(logits, self._level_ids)
 
     # -- the public entry point --------------------------------------------------------------------------------
@@ -309,7 +311,8 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
     settings = {"model": scorer.model_name, "prompt": prompt_fingerprint(scorer.prompt), "samples": samples,
                 "readout": readout, "temperature": scorer.temperature if temperature is None else temperature,
                 "top_p": scorer.top_p, "max_new_tokens": scorer.max_new_tokens, "seed": scorer.seed,
-                "min_pixels": min_pixels, "max_pixels": max_pixels}
+                "min_pixels": min_pixels, "max_pixels": max_pixels,
+                "backend": getattr(scorer, "backend", type(scorer).__name__)}  # HF and vLLM answers differ
     settings_id = prompt_fingerprint(json.dumps(settings, sort_keys=True, default=str))
     done: set[str] = set()
     if out_path and Path(out_path).exists():
@@ -318,7 +321,8 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
         if other is not None:
             raise QponderError(
                 f"{out_path}: already holds predictions made with other settings (model {other.get('model')!r}, "
-                f"readout {other.get('readout')!r}); resuming would mix them. Use another output or delete it.")
+                f"readout {other.get('readout')!r}, backend {other.get('backend')!r}; now {settings['backend']!r}); "
+                "resuming would mix them. Use another output or delete it.")
         done = {r["image"] for r in old}
     stats = ScoreRunStats(skipped_done=sum(1 for n in names if n in done))
     # Pixel counts from headers only (cheap), for the batch plan over ALL images so resume == fresh run.
@@ -354,6 +358,7 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
                 continue
             rec = res.to_dict()
             rec["model"] = scorer.model_name
+            rec["backend"] = settings["backend"]
             rec["settings_id"] = settings_id
             if extra is not None:
                 rec.update(extra[i])

@@ -33,6 +33,7 @@ class VLLMScorer:
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.batch_size, self.seed, self.prompt = batch_size, seed, prompt
         self.model_name = model_path
+        self.backend = "vllm"  # recorded with each prediction: a resumed file never mixes backends
 
     def _prompt_text(self) -> str:
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]

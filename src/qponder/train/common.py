@@ -55,7 +55,7 @@ class RunSettings:
     save_steps: int = 50
     save_total_limit: int = 2
     resume: bool = True  # continue from the newest checkpoint-N in output_dir
-    report_to: str = "none"  # none | tensorboard | wandb ...
+    report_to: str = "none"  # none | tensorboard | wandb ... (comma-separated; a missing package is skipped, warned)
     deepspeed: Optional[str] = None  # path to a DeepSpeed JSON (see recipes/accelerate/)
     dataloader_num_workers: int = 0
 
@@ -64,7 +64,8 @@ class RunSettings:
 class ModelSettings:
     path: str = ""  # checkpoint folder or hub id (the SFT output for GRPO)
     dtype: str = "auto"
-    attn_implementation: Optional[str] = None  # sdpa (default) | eager | flash_attention_2
+    attn_implementation: Optional[str] = None  # sdpa (default) | eager | flash_attention_2 (sdpa where flash-attn
+    #                                             is missing or there is no GPU, with a warning)
     freeze_vision: bool = False
     freeze_merger: bool = False
     min_pixels: Optional[int] = None
@@ -97,22 +98,105 @@ def freeze_parts(model, freeze_vision: bool, freeze_merger: bool) -> dict[str, i
     return frozen
 
 
-def load_for_training(ms: ModelSettings):
-    """Model + processor for a trainer (no adapter merge: an adapter folder keeps training as an adapter)."""
+def attn_implementation(requested: Optional[str]) -> Optional[str]:
+    """The attention kernel a recipe asked for, or ``sdpa`` with one warning line where flash attention cannot run
+    (its package missing, or no CUDA GPU): a 7B recipe then still trains, only slower. Falling back here also keeps
+    transformers from fetching a flash-attn kernel from the Hub (its own fallback when ``kernels`` is installed)."""
+    import importlib.util
+
+    modules = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+    if requested not in modules:
+        return requested
+    import torch
+
+    if importlib.util.find_spec(modules[requested]) is None:
+        why = f"its package ({modules[requested]}) is not installed: pip install flash-attn --no-build-isolation"
+    elif not torch.cuda.is_available():
+        why = "it needs a CUDA GPU"
+    else:
+        return requested
+    log.warning("model.attn_implementation: %s is not available (%s); using sdpa", requested, why)
+    return "sdpa"
+
+
+def report_to(requested: str | list[str]) -> list[str]:
+    """The recipe's ``run.report_to`` minus integrations whose package is missing (one warning line each), so a
+    recipe that logs to TensorBoard still trains where tensorboard is not installed."""
+    from transformers.integrations.integration_utils import get_available_reporting_integrations
+
+    names = [n.strip() for n in (requested.split(",") if isinstance(requested, str) else requested) if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    available = get_available_reporting_integrations()
+    if names == ["all"]:
+        return available
+    kept = []
+    for n in names:
+        if n in available:
+            kept.append(n)
+        else:
+            log.warning("run.report_to: %s is not installed (pip install %s); not reporting to it", n, n)
+    return kept
+
+
+def weights_dtype(ms: ModelSettings) -> str:
+    """The dtype the weights are loaded (and a LoRA adapter merged) in: ``auto`` = bf16 on GPUs, fp32 on CPU."""
+    import torch
+
+    return ms.dtype if ms.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
+
+
+def fp32_master_keeper(args) -> str | None:
+    """What keeps an fp32 master copy of bf16/fp16 weights in this run: DeepSpeed (its bf16/fp16 optimizer) or FSDP
+    under mixed precision (accelerate upcasts trainable parameters); None on one GPU or plain DDP."""
+    import os
+
+    if getattr(args, "deepspeed_plugin", None) is not None:
+        return "DeepSpeed"
+    fsdp = bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    return "FSDP" if fsdp and (args.bf16 or args.fp16) else None
+
+
+def keep_trainable_fp32(model, args) -> int:
+    """Upcast the trainable bf16/fp16 weights to float32 when nothing else keeps a master copy (returns how many).
+
+    AdamW updates a bf16 weight in bf16, whose resolution near a typical weight (~0.02) is ~1e-4: GRPO's lr 1e-6
+    steps round away and the model never moves. Compute stays bf16 through the trainer's autocast (``run.bf16``);
+    frozen weights stay as loaded. LoRA adapters need none of this (PEFT creates them in float32)."""
+    import torch
+
+    low = [p for p in model.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+    if not low or fp32_master_keeper(args):
+        return 0
+    if not (args.bf16 or args.fp16):
+        log.warning("model weights are %s but run.bf16 is off: the optimizer updates them in %s and steps below their "
+                    "resolution are lost; set run.bf16: true (float32 weights, bf16 compute)", low[0].dtype,
+                    low[0].dtype)
+        return 0
+    for p in low:
+        p.data = p.data.float()
+    log.info("no DeepSpeed/FSDP master copy: %d trainable tensors kept in float32, compute in bf16 (autocast)",
+             len(low))
+    return len(low)
+
+
+def load_for_training(ms: ModelSettings, args=None):
+    """Model + processor for a trainer (no adapter merge: an adapter folder keeps training as an adapter). With the
+    trainer's ``args``, full fine-tuning keeps float32 master weights where nothing else does (``keep_trainable_fp32``)."""
     from qponder.models import load_model_and_processor
 
     if not ms.path:
         raise QponderError("model.path is empty: set it in the recipe or with --set model.path=DIR")
-    import torch
-
-    # "auto" = bf16 on GPUs, fp32 on CPU; the model stays on CPU here and the Trainer places it.
-    dtype = ms.dtype if ms.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
-    lm = load_model_and_processor(ms.path, dtype=dtype, device="cpu", attn_implementation=ms.attn_implementation,
+    # The model stays on CPU here and the Trainer places it.
+    lm = load_model_and_processor(ms.path, dtype=weights_dtype(ms), device="cpu",
+                                  attn_implementation=attn_implementation(ms.attn_implementation),
                                   min_pixels=ms.min_pixels, max_pixels=ms.max_pixels, trainable=True,
                                   padding_side="left")
     lm.model.train()
     if ms.freeze_vision or ms.freeze_merger:
         freeze_parts(lm.model, ms.freeze_vision, ms.freeze_merger)
+    if args is not None and not ms.lora.enabled and not lm.is_adapter:
+        keep_trainable_fp32(lm.model, args)
     return lm
 
 
@@ -134,15 +218,44 @@ def trainer_common_kwargs(run: RunSettings, opt: OptimSettings) -> dict[str, Any
         output_dir=run.output_dir, seed=run.seed, data_seed=run.seed, bf16=run.bf16,
         gradient_checkpointing=run.gradient_checkpointing, logging_steps=run.logging_steps,
         save_strategy="steps", save_steps=run.save_steps, save_total_limit=run.save_total_limit,
-        report_to=run.report_to, learning_rate=opt.learning_rate, num_train_epochs=opt.epochs,
+        report_to=report_to(run.report_to), learning_rate=opt.learning_rate, num_train_epochs=opt.epochs,
         max_steps=opt.max_steps, per_device_train_batch_size=opt.batch_size,
         gradient_accumulation_steps=opt.grad_accum, warmup_steps=opt.warmup_ratio, weight_decay=opt.weight_decay,
         lr_scheduler_type=opt.lr_scheduler, max_grad_norm=opt.max_grad_norm, use_cpu=use_cpu,
         dataloader_num_workers=run.dataloader_num_workers, logging_first_step=True, disable_tqdm=False,
     )
     if run.deepspeed:
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise QponderError(f"run.deepspeed: {run.deepspeed} needs DeepSpeed, which is not installed; "
+                               "pip install 'qponder[deepspeed]'")
         kw["deepspeed"] = run.deepspeed
     return kw
+
+
+def trl_args(config_cls: type, ours: dict[str, Any], passthrough: dict[str, Any]):
+    """TRL's ``SFTConfig`` / ``GRPOConfig`` from qponder's own settings plus the recipe's ``trl:`` block, which takes
+    any other field of that dataclass (``vllm_max_model_length``, ``steps_per_generation``, ``ddp_timeout``, ...).
+
+    Every ``trl:`` key is checked against TRL's own dataclass before anything is loaded; a field qponder already
+    sets from its settings is refused, so one quantity keeps one name in a recipe."""
+    import dataclasses
+    import difflib
+
+    fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    for key in passthrough:
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=3)
+            raise QponderError(f"trl.{key}: not a field of trl.{config_cls.__name__}"
+                               + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        if key in ours:
+            raise QponderError(f"trl.{key}: qponder sets it from the recipe's own settings (optim, run, generation "
+                               f"and the stage's fields); set it there")
+    try:
+        return config_cls(**ours, **passthrough)
+    except (TypeError, ValueError) as e:
+        raise QponderError(f"trl.{config_cls.__name__}: {e}") from None
 
 
 class JsonlLogCallback:
@@ -185,7 +298,8 @@ def read_log(output_dir: str | Path) -> list[dict]:
     return sorted(by_key.values(), key=lambda r: r.get("step") or 0)
 
 
-def save_final(trainer, processor, output_dir: str | Path, is_peft: bool, merge_lora: bool) -> dict[str, str]:
+def save_final(trainer, processor, output_dir: str | Path, is_peft: bool, merge_lora: bool,
+               merge_dtype: str = "float32") -> dict[str, str]:
     """Write ``final/`` (full model, or the LoRA adapter) and, for LoRA with ``merge_lora``, ``merged/``.
 
     Called on every rank: ``Trainer.save_model`` gathers ZeRO-3 / FSDP shards before the main process writes.
@@ -198,11 +312,12 @@ def save_final(trainer, processor, output_dir: str | Path, is_peft: bool, merge_
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(final)
         if is_peft and merge_lora:
-            # Merge from the saved adapter on CPU: the live model may be sharded across ranks.
+            # Merge from the saved adapter on CPU: the live model may be sharded across ranks. In the training dtype:
+            # a 7B base in fp32 would take ~30 GB of host memory and twice the time while the other ranks wait.
             from qponder.models import load_model_and_processor
 
             merged = out / "merged"
-            lm = load_model_and_processor(final, device="cpu", dtype="float32", merge_adapter=True)
+            lm = load_model_and_processor(final, device="cpu", dtype=merge_dtype, merge_adapter=True)
             lm.model.save_pretrained(merged)
             processor.save_pretrained(merged)
             paths["merged"] = str(merged)
@@ -218,7 +333,8 @@ def train_and_save(trainer, lm, cfg, peft_cfg) -> dict[str, Any]:
         log.warning("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
     is_peft = peft_cfg is not None or lm.is_adapter
-    paths = save_final(trainer, lm.processor, cfg.run.output_dir, is_peft=is_peft, merge_lora=cfg.merge_lora)
+    paths = save_final(trainer, lm.processor, cfg.run.output_dir, is_peft=is_peft, merge_lora=cfg.merge_lora,
+                       merge_dtype=weights_dtype(cfg.model))
     finish_distributed()
     return {"paths": paths, "global_step": result.global_step, "train_loss": result.training_loss,
             "resumed_from": resume}

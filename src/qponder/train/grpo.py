@@ -21,6 +21,7 @@ from qponder.train.common import (
     lora_config,
     train_and_save,
     trainer_common_kwargs,
+    trl_args,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,20 @@ class GRPOSettings:
     merge_lora: bool = True
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(learning_rate=1e-6))
     run: RunSettings = field(default_factory=lambda: RunSettings(output_dir="runs/grpo"))
+    trl: dict[str, Any] = field(default_factory=dict)  # any other trl.GRPOConfig field, passed through (checked)
+
+
+def require_vllm() -> None:
+    """``generation.use_vllm`` needs vLLM and a CUDA GPU; say so before a 7B model is loaded, not after."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        raise QponderError("generation.use_vllm: vLLM is not installed; pip install 'qponder[vllm]' (a vLLM release "
+                           "TRL supports), or set generation.use_vllm: false to generate with transformers")
+    if not torch.cuda.is_available():
+        raise QponderError("generation.use_vllm: vLLM needs a CUDA GPU; set generation.use_vllm: false on this machine")
 
 
 def load_grpo_samples(cfg: GRPOSettings) -> list[dict]:
@@ -150,6 +165,8 @@ def run_grpo(cfg: GRPOSettings, callbacks: list | None = None) -> dict:
 
     from qponder.train.data import grpo_dataset
 
+    if cfg.generation.use_vllm:
+        require_vllm()
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = load_grpo_samples(cfg)
@@ -172,8 +189,8 @@ def run_grpo(cfg: GRPOSettings, callbacks: list | None = None) -> dict:
     if g.use_vllm:
         kw.update(vllm_mode=g.vllm_mode, vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization)
     # The training arguments come first: with DeepSpeed ZeRO-3 they must exist before the model is built.
-    args = GRPOConfig(**trainer_common_kwargs(cfg.run, cfg.optim), **kw)
-    lm = load_for_training(cfg.model)
+    args = trl_args(GRPOConfig, {**trainer_common_kwargs(cfg.run, cfg.optim), **kw}, cfg.trl)
+    lm = load_for_training(cfg.model, args)
     lm.processor.tokenizer.padding_side = "left"
     train_ds = grpo_dataset(samples, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
                             source=str(cfg.data))

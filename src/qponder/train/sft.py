@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from qponder.config import save_config
 from qponder.errors import QponderError
@@ -18,6 +18,7 @@ from qponder.train.common import (
     lora_config,
     train_and_save,
     trainer_common_kwargs,
+    trl_args,
 )
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class SFTSettings:
     merge_lora: bool = True  # also export a merged model next to the adapter
     optim: OptimSettings = field(default_factory=OptimSettings)
     run: RunSettings = field(default_factory=lambda: RunSettings(output_dir="runs/sft"))
+    trl: dict[str, Any] = field(default_factory=dict)  # any other trl.SFTConfig field, passed through (checked)
 
 
 def run_sft(cfg: SFTSettings, callbacks: list | None = None) -> dict:
@@ -50,13 +52,13 @@ def run_sft(cfg: SFTSettings, callbacks: list | None = None) -> dict:
     save_config(cfg, out / "sft_config.yaml")
 
     # The training arguments come first: with DeepSpeed ZeRO-3 they must exist before the model is built.
-    args = SFTConfig(
+    args = trl_args(SFTConfig, dict(
         **trainer_common_kwargs(cfg.run, cfg.optim),
         max_length=None,  # never truncate: a cut would drop image tokens or the answer
         assistant_only_loss=cfg.assistant_only_loss,
         remove_unused_columns=False,
-    )
-    lm = load_for_training(cfg.model)
+    ), cfg.trl)
+    lm = load_for_training(cfg.model, args)
     train_ds = sft_dataset(records, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
     peft_cfg = lora_config(cfg.model.lora) if cfg.model.lora.enabled and not lm.is_adapter else None
     trainer = SFTTrainer(model=lm.model, args=args, train_dataset=train_ds, processing_class=lm.processor,
