@@ -4,7 +4,7 @@ The baseline is what a peer script does on already-clean arrays: ``spearmanr`` +
 ``curve_fit`` (VQEG logistic, finite-difference Jacobian, ``maxfev=10000``) + ``pearsonr`` on the fitted values.
 ``summarize`` does all of that plus the parse-failure bookkeeping, starting from a Python list with ``None``s, so a
 ratio below 1 means our exact metrics cost less than the scipy calls alone. Results must agree, and the JSON says
-by how much.
+by how much. It also times the scatter plot ``qponder eval`` draws on the same predictions (``scatter_plot``).
 
     .venv/bin/python -m benchmarks.bench_metrics [--quick] [--out bench-out/metrics.json]
 """
@@ -147,6 +147,11 @@ def run(quick: bool = False) -> dict[str, Any]:
             [sys.executable, "-m", "qponder", "metrics", str(path), "--json"], capture_output=True, text=True
         )
         process_s = time.perf_counter() - t0
+
+        # The scatter plot `qponder eval` writes per benchmark: every point drawn, with the logistic fit.
+        from qponder.report import scatter_plot
+
+        plot_t, _ = _time(lambda: scatter_plot(pred, mos, Path(tmp) / "scatter.png", "bench"), max(1, repeats // 3))
     if proc.returncode != 0:
         raise RuntimeError(f"qponder metrics exited with {proc.returncode}: {proc.stderr.strip()}")
     scipy_min = result["scenarios"]["decimal"]["scipy_calls"]["min_s"]
@@ -155,6 +160,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "ratio_min_vs_scipy_calls": cli_t["min_s"] / scipy_min,
         "fresh_process_s": process_s,
     }
+    result["scatter_plot"] = {**plot_t, "ratio_min_vs_summarize": plot_t["min_s"]
+                              / result["scenarios"]["decimal"]["summarize"]["min_s"]}
     return result
 
 
@@ -175,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     ratio = c["ratio_min_vs_scipy_calls"]
     print(f"  CLI end to end (CSV -> JSON, in process): {1e3 * c['min_s']:.1f} ms ({ratio:.2f}x the scipy calls)")
     print(f"  CLI in a fresh process (interpreter + imports + work): {c['fresh_process_s']:.2f} s")
+    p = res["scatter_plot"]
+    print(f"  scatter plot PNG with the logistic fit: {p['min_s']:.2f} s "
+          f"({p['ratio_min_vs_summarize']:.1f}x summarize)")
     from qponder.io import write_json_atomic
 
     write_json_atomic(res, args.out)

