@@ -6,11 +6,13 @@ STAMP  := $(VENV)/.qponder-installed
 
 .PHONY: demo test bench install clean
 
-$(STAMP): requirements/lock.txt requirements/nodeps.txt pyproject.toml
+$(STAMP): requirements/lock.txt requirements/nodeps.txt requirements/deepspeed-cpu.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/lock.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements/nodeps.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --upgrade --target $(VENV)/deepspeed \
+		-r requirements/deepspeed-cpu.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -13,6 +13,7 @@ The tiny models the demo and the tests use are built in ``qponder.demo.tiny_mode
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -277,3 +278,28 @@ def load_model_and_processor(path_or_id: str | os.PathLike, family: str | None =
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@contextlib.contextmanager
+def zero3_disabled_for_load():
+    """Load a whole (unpartitioned) model while DeepSpeed ZeRO-3 trains another one, e.g. a frozen reader model.
+
+    Under ZeRO-3 transformers builds every model inside ``deepspeed.zero.Init`` and loads it with collectives: a model
+    loaded lazily in one reward call gets placeholder weights (its forward fails with "'weight' must be 2-D") or
+    hangs. Hiding the ZeRO-3 config for the load gives each rank a full copy instead (for a 7B reader in bf16, about
+    15 GB per GPU). Yields whether ZeRO-3 was active."""
+    try:
+        import transformers.integrations.deepspeed as hf_ds
+    except ImportError:  # pragma: no cover - transformers always has it
+        yield False
+        return
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    if config is None or not config.is_zero3():
+        yield False
+        return
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield True
+    finally:
+        hf_ds.set_hf_deepspeed_config(config)

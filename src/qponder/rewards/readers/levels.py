@@ -5,6 +5,7 @@ importing the rewards stays light."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from qponder.errors import QponderError
 from qponder.rewards.readers import Reader, register_reader
 
+log = logging.getLogger(__name__)
 
 _MODEL_CACHE: dict[tuple[str, str, str], Any] = {}
 _MODEL_LOCK = threading.Lock()
@@ -23,9 +25,13 @@ def _loaded_model(path: str, device: str, dtype: str):
     with _MODEL_LOCK:
         lm = _MODEL_CACHE.get(key)
         if lm is None:
-            from qponder.models import load_model_and_processor
+            from qponder.models import load_model_and_processor, zero3_disabled_for_load
 
-            lm = load_model_and_processor(path, device=device, dtype=dtype)
+            with zero3_disabled_for_load() as whole:
+                lm = load_model_and_processor(path, device=device, dtype=dtype)
+            if whole:
+                log.warning("levels reader: DeepSpeed ZeRO-3 is active; %s is loaded whole on every rank (a full "
+                            "copy per GPU, not partitioned)", path)
             lm.model.requires_grad_(False)
             lm.model.eval()
             _MODEL_CACHE[key] = lm
