@@ -248,6 +248,35 @@ def test_fix_report_lists_every_problem(tmp_path):
     assert all(r["file"] == str(m) for r in rows)
 
 
+def test_a_row_lists_every_problem_it_has(tmp_path):
+    # One run shows all that is wrong with a row, so fixing one problem does not just reveal the next.
+    _jpeg(tmp_path / "a.jpg")
+    m = tmp_path / "m.csv"
+    m.write_text("image,mos,std,split\n"
+                 "a.jpg,3,0.5,train\n"      # 2 fine
+                 "a.jpg,three,-1,holdout\n"  # 3 duplicate, MOS not a number, negative std, unknown split
+                 "gone.jpg,9,,test\n"        # 4 out of range, missing file
+                 ",abc,,train\n"             # 5 no image path (no duplicate or file check possible), bad MOS
+                 "./gone.jpg,2,,val\n")      # 6 duplicate of a missing file: both
+    rep = read_manifest(m, check_images=True)
+    assert [(p.row, p.code) for p in rep.problems] == [
+        (3, "duplicate"), (3, "bad_mos"), (3, "bad_std"), (3, "unknown_split"), (4, "mos_out_of_range"),
+        (4, "missing_image"), (5, "empty_image_path"), (5, "bad_mos"), (6, "duplicate"), (6, "missing_image")]
+    assert [str(p) for p in rep.problems[:4]] == [
+        f"{m}:3: duplicate row: image 'a.jpg' already listed at line 2", f"{m}:3: MOS 'three' is not a number "
+        "(column 'mos')", f"{m}:3: std -1 is negative (column 'std')", f"{m}:3: unknown split value 'holdout' in "
+        "column 'split' (expected train, val or test)"]
+    assert [s.source for s in rep.samples] == [f"{m}:2"]
+    lines = rep.summary_lines()
+    assert "problems: 10 problems in 4 rows" in lines
+    assert "checked:  2 image files, 1 missing or unreadable" in lines  # gone.jpg is decoded once, counted once
+    # a JSON record without a score is still checked for everything else
+    j = tmp_path / "x.json"
+    j.write_text(json.dumps([{"image": "a.jpg", "gt_score": 3}, {"image": "a.jpg", "split": "holdout"}]))
+    assert [(p.row, p.code) for p in read_manifest(j).problems] == [(2, "missing_column"), (2, "duplicate"),
+                                                                      (2, "unknown_split")]
+
+
 # ------------------------------------------------------------------ CLI
 
 
@@ -271,6 +300,21 @@ def test_cli_check_bad_manifest_names_file_and_row(tmp_path, capsys):
     # declaring the scale fixes the range problem
     m.write_text("image,mos,split\na.jpg,3,train\nc.jpg,9,val\n")
     assert main(["data", "check", str(m), "--skip-images", "--mos-range", "0,9"]) == 0
+
+
+def test_cli_check_counts_problems_and_rows_and_reports_them_all(tmp_path, capsys):
+    m = tmp_path / "bad.csv"
+    m.write_text("image,mos,split\na.jpg,3,train\na.jpg,three,test\nb.jpg,oops,nope\nc.jpg,4,val\n")
+    fix = tmp_path / "fix.csv"
+    assert main(["data", "check", str(m), "--skip-images", "--fix-report", str(fix)]) == 2
+    captured = capsys.readouterr()
+    assert "problems: 4 problems in 2 rows" in captured.out
+    for line in (f"{m}:3: duplicate row: image 'a.jpg' already listed at line 2",
+                 f"{m}:3: MOS 'three' is not a number (column 'mos')", f"{m}:4: MOS 'oops' is not a number",
+                 f"{m}:4: unknown split value 'nope'"):
+        assert line in captured.err
+    assert [(r["row"], r["code"]) for r in csv.DictReader(fix.open())] == [
+        ("3", "duplicate"), ("3", "bad_mos"), ("4", "bad_mos"), ("4", "unknown_split")]
 
 
 def test_cli_check_missing_manifest(tmp_path, capsys):

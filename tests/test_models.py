@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -182,3 +183,31 @@ def test_a_missing_relative_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch)
     (tmp_path / "runs").mkdir()
     with pytest.raises(QponderError, match="runs/final: model folder does not exist"):
         load_model_and_processor("runs/final")
+
+
+def test_the_processor_that_loads_is_named_once_with_its_reason(tiny_model_dir, monkeypatch, caplog):
+    import qponder.models as models
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as if torchvision were not installed, on any box
+    monkeypatch.setattr(models, "_ANNOUNCED", set(), raising=False)
+    with caplog.at_level("INFO", logger="qponder.models"):
+        for _ in range(3):  # a loop that reloads says it once
+            load_processor(tiny_model_dir)
+        load_processor(tiny_model_dir, backend="image-only")
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("processor:")]
+    assert lines == [
+        ("WARNING", "processor: Qwen2_5_VLImageOnlyProcessor (image-only: torchvision is missing or broken: "
+                    "not installed; video input disabled)"),
+        ("INFO", "processor: Qwen2_5_VLImageOnlyProcessor (image-only: requested; video input disabled)"),
+    ]
+
+
+def test_a_broken_torchvision_is_reported_with_its_import_error(tmp_path, monkeypatch):
+    from qponder.models import _torchvision_status
+
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist\\nmore detail")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    assert _torchvision_status() == (False, "import failed: RuntimeError: operator torchvision::nms does not exist")

@@ -199,7 +199,8 @@ def test_consistency_tau_require_format_and_a_custom_reader():
     with pytest.raises(QponderError, match="unknown consistency reader 'nope'.*judge, levels, lexicon"):
         R.build("consistency", reader="nope")
     with pytest.raises(QponderError, match="consistency: unknown parameter 'taux'; valid: reader, reader_params, "
-                                           "tau, require_format, or the lexicon reader's: none"):
+                                           "tau, require_format, reader_fail_warn, reader_fail_stop, "
+                                           "reader_fail_stop_calls, or the lexicon reader's: none"):
         R.build("consistency", taux=1.0)
     with pytest.raises(QponderError, match="qponder_reward: unknown parameter 'modle'.*levels reader's: model"):
         R.build("qponder_reward", reader="levels", modle="x")
@@ -475,6 +476,66 @@ def test_judge_failures_give_zero_and_are_counted(judge_server):
     assert out == [0.5, 0.0]
     assert rec.metrics["rewards/consistency/reader_fail_frac"] == 0.5
     assert judge_server.seen[0]["auth"] is None  # no api_key_env: no Authorization header
+
+
+def test_a_failing_judge_is_warned_about_and_then_stops_the_run(judge_server, caplog):
+    # A judge that answers 503 to every request zeroes the consistency term. With the defaults each such call is
+    # a warning, and the 20th in a row stops the run with an error that says what to do.
+    base = f"http://127.0.0.1:{judge_server.server_address[1]}"
+    fn = R.build("consistency", reader="judge", base_url=base, model="m", retries=0)
+    down = [done("status=503", "3.00")] * 2
+    with caplog.at_level("WARNING", logger="qponder.rewards"):
+        for _ in range(19):
+            assert fn(completions=down) == [0.0, 0.0]
+        warned = [r.getMessage() for r in caplog.records if "reader_fail_warn" in r.getMessage()]
+        assert len(warned) == 19
+        assert warned[0] == ("consistency: the judge reader could not score 2 of 2 texts in this call (100%, above "
+                             "reader_fail_warn 20%); they get 0 consistency; 1 call(s) in a row above 50%, the run "
+                             "stops at 20")
+        with pytest.raises(QponderError) as err:
+            fn(completions=down)
+    msg = str(err.value)
+    assert msg.startswith("consistency: the judge reader could not score 100% of the texts in the last reward call, "
+                          "and more than 50% (reader_fail_stop) in each of the last 20 calls")
+    assert "judge endpoint that is down" in msg and "raise reader_fail_stop / reader_fail_stop_calls" in msg
+
+
+def test_reader_failure_share_thresholds_and_reset():
+    answers: list[list] = []
+
+    def flaky(texts):  # the next queued answer, one value per text
+        return answers.pop(0)
+
+    fn = R.build("consistency", reader=flaky, reader_fail_warn=0.3, reader_fail_stop=0.5, reader_fail_stop_calls=2)
+    four = [done(FAIR, "3.00")] * 4
+    bad, good, quarter, half = [None] * 4, [3.0] * 4, [3.0, 3.0, 3.0, None], [3.0, 3.0, None, None]
+    answers.extend([bad, good, bad, quarter, bad, half, bad, bad])
+    for _ in range(7):  # a good call, a share at or below the bound, resets the count; no error yet
+        fn(completions=four)
+    assert fn.failure_watch.bad_calls == 1
+    with pytest.raises(QponderError, match="more than 50% .* in each of the last 2 calls"):
+        fn(completions=four)
+    # nothing to read (no well-formed completion) leaves the count as it is
+    fn.failure_watch.bad_calls = 1
+    assert fn(completions=["no answer"]) == [0.0] and fn.failure_watch.bad_calls == 1
+    # 0 calls: never stops; the same reward inside qponder_reward is watched the same way, named as configured
+    never = R.build("consistency", reader=lambda texts: [None] * len(texts), reader_fail_stop_calls=0)
+    for _ in range(30):
+        never(completions=four)
+    both = R.build("qponder_reward", reader=flaky, reader_fail_stop_calls=1)
+    answers.append(bad)
+    with pytest.raises(QponderError, match="^qponder_reward: the flaky reader could not score 100%"):
+        both(completions=four, mos=[3.0] * 4)
+    unweighted = R.build("qponder_reward", w_consistency=0, reader=flaky, reader_fail_stop_calls=1)
+    answers.append(bad)
+    assert unweighted(completions=four, mos=[3.0] * 4) == [2.0] * 4  # only logged, so not watched
+    for bad_params, msg in [({"reader_fail_warn": 1.5}, "consistency.reader_fail_warn must be a share between 0 "
+                                                         "and 1, got 1.5"),
+                            ({"reader_fail_stop": "x"}, "reader_fail_stop must be a share"),
+                            ({"reader_fail_stop_calls": -1}, "reader_fail_stop_calls must be a whole number >= 0"),
+                            ({"reader_fail_stop_calls": 2.5}, "reader_fail_stop_calls must be a whole number")]:
+        with pytest.raises(QponderError, match=msg):
+            R.build("consistency", **bad_params)
 
 
 def test_judge_reader_retries_a_rate_limited_request(judge_server):

@@ -7,6 +7,7 @@ One code path serves a 0.3M-parameter CPU test model and Qwen2.5-VL-7B on a GPU:
 * The stock Qwen-VL processors need a torchvision-backed video processor. The PyPI torchvision wheel is a CUDA build
   that breaks beside CPU torch, so without a working torchvision we use *image-only* processor subclasses that drop
   the ``video_processor`` attribute (no video input; images are processed by the same Qwen2-VL image processor).
+  Which one loaded, and why, is logged once per process (a WARNING when ``auto`` falls back to image-only).
 
 The tiny models the demo and the tests use are built in ``qponder.demo.tiny_model``; this module only loads folders.
 """
@@ -71,15 +72,42 @@ _IMAGE_ONLY: dict[str, tuple[type, type]] | None = None
 
 def torchvision_works() -> bool:
     """True when torchvision imports cleanly (GPU machines); False on CPU boxes with the CUDA-only wheel."""
+    return _torchvision_status()[0]
+
+
+def _torchvision_status() -> tuple[bool, str]:
+    """(works, why): the why is what the processor log line reports, so a user can tell why video is off."""
     import importlib.util
 
     if importlib.util.find_spec("torchvision") is None:
-        return False
+        return False, "not installed"
     try:
         import torchvision  # noqa: F401
-    except Exception:  # the CUDA wheel beside CPU torch raises RuntimeError at import
-        return False
-    return True
+    except Exception as e:  # the CUDA wheel beside CPU torch raises RuntimeError at import
+        first = (str(e).strip().splitlines() or [""])[0]  # one log line, however long the import error is
+        return False, f"import failed: {type(e).__name__}: {first}"
+    return True, "works"
+
+
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def _announce_processor(proc: Any, backend: str, tv_reason: str | None) -> None:
+    """Log once per process per (class, reason) which processor loaded and why; loops that reload stay quiet."""
+    name = type(proc).__name__
+    if backend == "stock":
+        why, level = "stock; requested", logging.INFO
+    elif backend == "image-only":
+        why, level = "image-only: requested; video input disabled", logging.INFO
+    elif tv_reason is None:
+        why, level = "stock; torchvision works", logging.INFO
+    else:  # auto fell back: a GPU box with a broken torchvision should not lose video silently
+        why = f"image-only: torchvision is missing or broken: {tv_reason}; video input disabled"
+        level = logging.WARNING
+    if (name, why) in _ANNOUNCED:
+        return
+    _ANNOUNCED.add((name, why))
+    log.log(level, "processor: %s (%s)", name, why)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,7 +167,11 @@ def load_processor(path_or_id: str | os.PathLike, family: str | None = None, *, 
     path = str(path_or_id)
     if family is None:
         family = _family_of(path)
-    use_stock = backend == "stock" or (backend == "auto" and torchvision_works())
+    tv_reason = None  # why auto fell back to image-only; None when it did not
+    use_stock = backend == "stock"
+    if backend == "auto":
+        use_stock, why = _torchvision_status()
+        tv_reason = None if use_stock else why
     try:
         if use_stock:
             from transformers import AutoProcessor
@@ -152,6 +184,7 @@ def load_processor(path_or_id: str | os.PathLike, family: str | None = None, *, 
         raise
     except Exception as e:
         raise QponderError(f"could not load the processor from {path!r}: {type(e).__name__}: {e}") from e
+    _announce_processor(proc, backend, tv_reason)
     proc.tokenizer.padding_side = padding_side
     if min_pixels is not None or max_pixels is not None:
         set_pixel_budget(proc, min_pixels=min_pixels, max_pixels=max_pixels)

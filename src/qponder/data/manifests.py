@@ -17,7 +17,8 @@ Formats (``fmt``):
   score column is read by name, one whose first header names a reference (pyiqa FR) by position.
 
 Problems are reported as ``file:LINE`` (CSV / JSONL physical line, header = line 1) or ``file:entry N`` (JSON
-list, 1-based). :func:`load_samples` raises on any problem; ``qponder data check`` lists them all.
+list, 1-based). :func:`load_samples` raises on any problem; ``qponder data check`` lists them all, every problem
+of every row (a duplicate row with a non-numeric MOS reports both), in row order.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class _Row:
     row: int
     values: dict[str, Any]        # role -> raw value ("image", "mos", "std", "var", "split", "ref")
     extra: dict[str, str]
+    missing: tuple[str, ...] = ()  # required fields a JSON record lacks (reported); its other fields are checked
 
 
 @dataclass
@@ -137,6 +139,7 @@ class ManifestReport:
     columns: dict[str, str]
     has_split: bool
     images_checked: int = 0
+    images_failed: int = 0   # of the files checked, how many are missing or unreadable
 
     @property
     def ok(self) -> bool:
@@ -166,8 +169,10 @@ class ManifestReport:
             n_std = sum(s.std is not None for s in self.samples)
             lines.append(f"std:      present for {n_std}/{len(self.samples)} rows")
         if self.images_checked:
-            bad = sum(p.code in ("missing_image", "bad_image") for p in self.problems)
-            lines.append(f"checked:  {self.images_checked} image files, {bad} missing or unreadable")
+            lines.append(f"checked:  {self.images_checked} image files, {self.images_failed} missing or unreadable")
+        if self.problems:
+            rows = len({(p.row, p.row_kind) for p in self.problems})
+            lines.append(f"problems: {_count(len(self.problems), 'problem')} in {_count(rows, 'row')}")
         return lines
 
     def raise_if_problems(self, limit: int = 5) -> None:
@@ -177,6 +182,10 @@ class ManifestReport:
         more = len(self.problems) - limit
         tail = f"; ... and {more} more (run `qponder data check` for the full list)" if more > 0 else ""
         raise QponderError(shown + tail)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def write_fix_report(problems: Iterable[Problem], path: str | os.PathLike) -> Path:
@@ -357,8 +366,7 @@ def _parse_records(records: list[tuple[int, Any]], fname: str, fmt: str, row_kin
                 fname, row, "missing_column",
                 "missing required field " + " and ".join(f"{m!r} ({accepted[m]})" for m in missing)
                 + f"; record has: {', '.join(rec) or '(nothing)'}", column=missing[0], row_kind=row_kind))
-            continue
-        parsed.rows.append(_Row(row, vals, extra))
+        parsed.rows.append(_Row(row, vals, extra, tuple(missing)))
     parsed.has_split = seen_roles["split"] > 0 or implied is not None
     parsed.columns = {r: r for r in ("image", "mos", "std", "var", "split", "ref") if seen_roles[r]}
     return parsed
@@ -507,41 +515,47 @@ def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = 
     tol = 1e-9 * (hi - lo)
     samples: list[Sample] = []
     first_seen: dict[str, int] = {}
-    images_checked = 0
+    verified: dict[str, str | None] = {}   # image file -> verify_image's reason; a duplicate is not decoded twice
     if check_images:
         from qponder.data.images import verify_image
 
+    # Every check that can still be made runs on every row, so a row lists all its problems at once; only what a
+    # missing or empty image path makes impossible (duplicate, image file) is skipped.
     for r in parsed.rows:
         v = r.values
-        bad = False
+        n_before = len(problems)
+        icol = parsed.columns.get("image", "image")
         raw_img = v.get("image")
-        if raw_img is None or not str(raw_img).strip():
-            problems.append(Problem(fname, r.row, "empty_image_path", "image path is empty",
-                                    column=parsed.columns.get("image", "image"), row_kind=rk))
-            continue
-        raw_img = str(raw_img)
-        img_abs, rel = _rel_id(raw_img, root_p)
-        if rel in first_seen:
-            what = "line" if rk == "line" else "entry"
-            problems.append(Problem(fname, r.row, "duplicate",
-                                    f"duplicate row: image {raw_img!r} already listed at {what} {first_seen[rel]}",
-                                    column=parsed.columns.get("image", "image"), value=raw_img, row_kind=rk))
-            continue
-        first_seen[rel] = r.row
+        img_abs = rel = None
+        if "image" in r.missing:
+            pass                       # reported by the parser
+        elif raw_img is None or not str(raw_img).strip():
+            problems.append(Problem(fname, r.row, "empty_image_path", "image path is empty", column=icol,
+                                    row_kind=rk))
+        else:
+            raw_img = str(raw_img)
+            img_abs, rel = _rel_id(raw_img, root_p)
+            if rel in first_seen:
+                what = "line" if rk == "line" else "entry"
+                problems.append(Problem(fname, r.row, "duplicate",
+                                        f"duplicate row: image {raw_img!r} already listed at {what} {first_seen[rel]}",
+                                        column=icol, value=raw_img, row_kind=rk))
+            else:
+                first_seen[rel] = r.row
 
-        mos, why = _number(v.get("mos"))
+        mos = None
         mcol = parsed.columns.get("mos", "mos")
-        if why:
-            problems.append(Problem(fname, r.row, "bad_mos", f"MOS {why} (column {mcol!r})", column=mcol,
-                                    value=str(v.get("mos")), row_kind=rk))
-            bad = True
-        elif not (lo - tol <= mos <= hi + tol):
-            problems.append(Problem(
-                fname, r.row, "mos_out_of_range",
-                f"MOS {mos:g} is outside the declared range [{lo:g}, {hi:g}] of {spec.display_name} "
-                "(wrong --dataset, or declare the file's scale with --mos-range)",
-                column=mcol, value=str(v.get("mos")), row_kind=rk))
-            bad = True
+        if "mos" not in r.missing:
+            mos, why = _number(v.get("mos"))
+            if why:
+                problems.append(Problem(fname, r.row, "bad_mos", f"MOS {why} (column {mcol!r})", column=mcol,
+                                        value=str(v.get("mos")), row_kind=rk))
+            elif not (lo - tol <= mos <= hi + tol):
+                problems.append(Problem(
+                    fname, r.row, "mos_out_of_range",
+                    f"MOS {mos:g} is outside the declared range [{lo:g}, {hi:g}] of {spec.display_name} "
+                    "(wrong --dataset, or declare the file's scale with --mos-range)",
+                    column=mcol, value=str(v.get("mos")), row_kind=rk))
 
         std: float | None = None
         if "std" in v or "var" in v:
@@ -554,7 +568,6 @@ def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = 
                     problems.append(Problem(fname, r.row, "bad_std",
                                             f"{role} {why or f'{s:g} is negative'} (column {scol!r})",
                                             column=scol, value=str(raw_s), row_kind=rk))
-                    bad = True
                 else:
                     std = math.sqrt(s) if role == "var" else s
 
@@ -567,7 +580,6 @@ def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = 
                                         f"unknown split value {str(v.get('split'))!r} in column {scol!r} "
                                         "(expected train, val or test)", column=scol,
                                         value=str(v.get("split")), row_kind=rk))
-                bad = True
             elif sp is not None:
                 split = sp
 
@@ -576,15 +588,15 @@ def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = 
         if raw_ref is not None and str(raw_ref).strip():
             ref_abs, _ = _rel_id(str(raw_ref), ref_root_p)
 
-        if check_images:
-            images_checked += 1
-            reason = verify_image(img_abs)
+        if check_images and img_abs is not None:
+            if img_abs not in verified:
+                verified[img_abs] = verify_image(img_abs)
+            reason = verified[img_abs]
             if reason:
                 code = "missing_image" if reason == "image file not found" else "bad_image"
-                problems.append(Problem(fname, r.row, code, f"{reason}: {img_abs}",
-                                        column=parsed.columns.get("image", "image"), value=raw_img, row_kind=rk))
-                bad = True
-        if bad:
+                problems.append(Problem(fname, r.row, code, f"{reason}: {img_abs}", column=icol, value=raw_img,
+                                        row_kind=rk))
+        if r.missing or len(problems) > n_before:
             continue
         samples.append(Sample(
             image=img_abs, mos=normalize_mos(mos, spec), mos_native=mos, dataset=spec.name, split=split,
@@ -594,11 +606,13 @@ def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = 
 
     if not parsed.rows and not problems:
         problems.append(Problem(fname, 1, "empty_manifest", "manifest has no data rows"))
+    problems.sort(key=lambda p: p.row)   # stable: parse problems and a row's own problems stand together, in order
     fmt_name = {"pyiqa": "pyiqa meta-info CSV (positional)", "csv": "CSV with named columns",
                 "deqa": "DeQA-Score JSON list", "jsonl": "JSONL"}.get(parsed.fmt, parsed.fmt)
     return ManifestReport(path=path, root=root_p, fmt=fmt_name, spec=spec, samples=samples, problems=problems,
-                          n_rows=len(parsed.rows), columns=parsed.columns, has_split=parsed.has_split,
-                          images_checked=images_checked)
+                          n_rows=sum(not r.missing for r in parsed.rows), columns=parsed.columns,
+                          has_split=parsed.has_split, images_checked=len(verified),
+                          images_failed=sum(1 for reason in verified.values() if reason))
 
 
 def load_samples(manifest: str | os.PathLike, root: str | os.PathLike | None = None, dataset: str = "custom",

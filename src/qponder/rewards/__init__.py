@@ -45,6 +45,17 @@ the reward's own, or nested under ``reader_params``), or in code pass any callab
 as ``reader=``; new named readers are added with ``@register_reader("name")`` on a factory. A reader returning
 None for a sample gives that sample 0, counted in ``rewards/<name>/reader_fail_frac``.
 
+**A failing reader is not trained on silently.** A judge that is down for an hour would otherwise give an hour of
+zero consistency. ``consistency`` and ``qponder_reward`` watch the reader's failure share per call (one GRPO step's
+batch on this process; any reader, named or a callable, through :class:`ReaderFailureWatch`): above
+``reader_fail_warn`` (default 0.2) the call logs a warning naming the reader and the share; above
+``reader_fail_stop`` (default 0.5) for ``reader_fail_stop_calls`` calls in a row (default 20) the run stops with a
+QponderError that names the reader, the share, the bound and the count (a re-run resumes from the last
+checkpoint). A call at or below the bound resets the count; a call with nothing to read leaves it as it is. Set them
+in the reward's ``params`` (``{reader: judge, base_url: ..., reader_fail_stop_calls: 50}``); shares are 0-1, and
+``reader_fail_stop_calls: 0`` never stops. ``qponder_reward`` with ``w_consistency: 0`` only logs the term and does
+not watch it.
+
 **Logging.** TRL logs ``rewards/<name>/mean`` and ``/std`` for each reward function. When TRL passes
 ``log_metric(name, value)`` (TRL >= 1.16) each reward also logs ``rewards/<name>/zero_frac`` (share of exact zeros:
 a stuck format reward shows at step 10, not after 3 days); ``consistency`` adds ``reader_fail_frac`` and
@@ -75,6 +86,7 @@ from qponder.rewards.functions import (
     FormatReward,
     QponderReward,
     RankFidelityReward,
+    ReaderFailureWatch,
 )
 from qponder.rewards.readers import Reader, available_readers, build_reader, register_reader
 from qponder.rewards.readers.judge import JudgeReader, parse_judge_reply
@@ -86,8 +98,8 @@ from qponder.rewards.registry import RewardSpec, available_rewards, build, build
 
 __all__ = [
     "AccuracyReward", "ConsistencyReward", "FormatReward", "JudgeReader", "LevelsReader", "LexiconReader",
-    "QponderReward", "RANK_EPS", "RankFidelityReward", "Reader", "RewardFunction", "RewardSpec", "available_readers",
-    "available_rewards", "build", "build_reader", "build_reward_funcs", "completion_text", "consistency_score",
-    "gaussian_accuracy", "lexicon_score", "linear_accuracy", "parse_judge_reply", "rank_fidelity",
-    "register_reader", "register_reward", "reward_stats", "threshold_accuracy",
+    "QponderReward", "RANK_EPS", "RankFidelityReward", "Reader", "ReaderFailureWatch", "RewardFunction", "RewardSpec",
+    "available_readers", "available_rewards", "build", "build_reader", "build_reward_funcs", "completion_text",
+    "consistency_score", "gaussian_accuracy", "lexicon_score", "linear_accuracy", "parse_judge_reply",
+    "rank_fidelity", "register_reader", "register_reward", "reward_stats", "threshold_accuracy",
 ]

@@ -137,13 +137,18 @@ def _check_params(kind: str, name: str, factory: Callable, params: Mapping[str, 
         raise QponderError(f"{kind} {name!r}: unknown parameter {unknown[0]!r}; valid: {', '.join(valid) or 'none'}")
 
 
-def _positive(value: Any, what: str) -> float:
+def _as_float(value: Any) -> float:
+    """``float(value)``, NaN for a bool or a non-number, so the caller's range check rejects it with its message."""
+    if isinstance(value, bool):
+        return math.nan
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        v = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        raise QponderError(f"{what} must be a positive number, got {value!r}") from None
+        return math.nan
+
+
+def _positive(value: Any, what: str) -> float:
+    v = _as_float(value)
     if not (v > 0 and math.isfinite(v)):
         raise QponderError(f"{what} must be a positive number, got {value!r}")
     return v

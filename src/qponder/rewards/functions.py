@@ -4,17 +4,21 @@ math itself is in ``formulas``."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from qponder.errors import QponderError
 from qponder.parsing import ParsedCompletion
-from qponder.rewards.base import RewardFunction, _column, _mos_column, _named_params, _positive, reward_stats
+from qponder.rewards.base import (RewardFunction, _as_float, _column, _mos_column, _named_params, _positive,
+                                  reward_stats)
 from qponder.rewards.formulas import RANK_EPS, consistency_score, rank_fidelity
 from qponder.rewards.formulas import gaussian_accuracy, linear_accuracy, threshold_accuracy  # the _ACCURACY table
 from qponder.rewards.readers import _READERS, Reader, build_reader
 from qponder.rewards.registry import build, register_reward
+
+log = logging.getLogger(__name__)
 
 
 class FormatReward(RewardFunction):
@@ -86,16 +90,71 @@ def _reader_from_params(owner: str, own: list[str], reader: str | Reader, reader
     return build_reader(reader, **merged)
 
 
+def _share(value: Any, what: str) -> float:
+    v = _as_float(value)
+    if not 0.0 <= v <= 1.0:
+        raise QponderError(f"{what} must be a share between 0 and 1, got {value!r}")
+    return v
+
+
+def _reader_label(reader: str | Reader) -> str:
+    if isinstance(reader, str):
+        return reader
+    return getattr(reader, "__name__", None) or type(reader).__name__
+
+
+class ReaderFailureWatch:
+    """Watches the share of texts a consistency reader could not score, one reward call (one GRPO step's batch on
+    this process) at a time. A reader that is down turns the consistency term into zeros and the run trains on
+    them, so a share above ``warn`` is logged, and a share above ``stop`` for ``stop_calls`` calls in a row stops
+    the run with a QponderError (``stop_calls: 0`` never stops). A call with nothing to read changes nothing."""
+
+    def __init__(self, owner: str, reader: str, warn: float = 0.2, stop: float = 0.5, stop_calls: int = 20):
+        self.owner, self.reader = owner, reader
+        self.warn = _share(warn, f"{owner}.reader_fail_warn")
+        self.stop = _share(stop, f"{owner}.reader_fail_stop")
+        if isinstance(stop_calls, bool) or not isinstance(stop_calls, int) or stop_calls < 0:
+            raise QponderError(f"{owner}.reader_fail_stop_calls must be a whole number >= 0 (0: never stop), "
+                               f"got {stop_calls!r}")
+        self.stop_calls = stop_calls
+        self.bad_calls = 0  # consecutive calls above ``stop``
+
+    def observe(self, fails: int, total: int) -> None:
+        if total <= 0:
+            return
+        share = fails / total
+        self.bad_calls = self.bad_calls + 1 if share > self.stop else 0
+        if self.stop_calls and self.bad_calls >= self.stop_calls:
+            raise QponderError(
+                f"{self.owner}: the {self.reader} reader could not score {share:.0%} of the texts in the last reward "
+                f"call, and more than {self.stop:.0%} (reader_fail_stop) in each of the last {self.bad_calls} calls "
+                f"(reader_fail_stop_calls: {self.stop_calls}); those samples got 0 consistency. Fix the reader (a "
+                f"judge endpoint that is down, slow or refusing requests, see the warnings above; a levels model; "
+                f"reasoning the lexicon finds no quality words in) and re-run to resume from the last checkpoint, or "
+                f"raise reader_fail_stop / reader_fail_stop_calls in the reward's params (0 calls: never stop)")
+        if share > self.warn:
+            log.warning("%s: the %s reader could not score %d of %d texts in this call (%.0f%%, above "
+                        "reader_fail_warn %.0f%%); they get 0 consistency%s", self.owner, self.reader, fails, total,
+                        100 * share, 100 * self.warn,
+                        f"; {self.bad_calls} call(s) in a row above {self.stop:.0%}, the run stops at "
+                        f"{self.stop_calls}" if self.bad_calls and self.stop_calls else "")
+
+
 class ConsistencyReward(RewardFunction):
     """``max(0, 1 - |reader(reasoning) - score| / tau)``; the reader sees only samples with reasoning and score
-    (and, with ``require_format``, the default, only well-formed ones: a broken output cannot collect it)."""
+    (and, with ``require_format``, the default, only well-formed ones: a broken output cannot collect it). The
+    reader's failure share is watched by a :class:`ReaderFailureWatch` (``reader_fail_*`` parameters)."""
 
     def __init__(self, reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
-                 tau: float = 1.0, require_format: bool = True, name: str = "consistency", **reader_kwargs: Any):
+                 tau: float = 1.0, require_format: bool = True, reader_fail_warn: float = 0.2,
+                 reader_fail_stop: float = 0.5, reader_fail_stop_calls: int = 20, name: str = "consistency",
+                 **reader_kwargs: Any):
         super().__init__(name)
         self.reader = _reader_from_params(name, _named_params(_consistency), reader, reader_params, reader_kwargs)
         self.tau = _positive(tau, f"{name}.tau")
         self.require_format = bool(require_format)
+        self.failure_watch: ReaderFailureWatch | None = ReaderFailureWatch(
+            name, _reader_label(reader), reader_fail_warn, reader_fail_stop, reader_fail_stop_calls)
 
     def values(self, parsed: Sequence[ParsedCompletion]) -> tuple[list[float], dict[str, float]]:
         eligible = [i for i, p in enumerate(parsed)
@@ -114,6 +173,8 @@ class ConsistencyReward(RewardFunction):
                 continue
             out[i] = consistency_score(float(s_r), parsed[i].score, self.tau)
         metrics["reader_fail_frac"] = fails / len(eligible)
+        if self.failure_watch is not None:
+            self.failure_watch.observe(fails, len(eligible))
         return out, metrics
 
     def compute(self, parsed, columns):
@@ -122,8 +183,11 @@ class ConsistencyReward(RewardFunction):
 
 @register_reward("consistency")
 def _consistency(reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
-                 tau: float = 1.0, require_format: bool = True, **reader_kwargs: Any) -> RewardFunction:
-    return ConsistencyReward(reader, reader_params, tau, require_format, **reader_kwargs)
+                 tau: float = 1.0, require_format: bool = True, reader_fail_warn: float = 0.2,
+                 reader_fail_stop: float = 0.5, reader_fail_stop_calls: int = 20,
+                 **reader_kwargs: Any) -> RewardFunction:
+    return ConsistencyReward(reader, reader_params, tau, require_format, reader_fail_warn, reader_fail_stop,
+                             reader_fail_stop_calls, **reader_kwargs)
 
 
 class RankFidelityReward(RewardFunction):
@@ -150,7 +214,8 @@ class QponderReward(RewardFunction):
     def __init__(self, w_format: float = 1.0, w_accuracy: float = 1.0, w_consistency: float = 1.0,
                  accuracy: str = "accuracy", accuracy_params: Mapping[str, Any] | None = None,
                  reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
-                 consistency_tau: float = 1.0, name: str = "qponder_reward", **reader_kwargs: Any):
+                 consistency_tau: float = 1.0, reader_fail_warn: float = 0.2, reader_fail_stop: float = 0.5,
+                 reader_fail_stop_calls: int = 20, name: str = "qponder_reward", **reader_kwargs: Any):
         super().__init__(name)
         self.weights = {}
         for key, w in (("format", w_format), ("accuracy", w_accuracy), ("consistency", w_consistency)):
@@ -167,6 +232,11 @@ class QponderReward(RewardFunction):
         own = _named_params(_qponder_reward)
         self.consistency = ConsistencyReward(_reader_from_params(name, own, reader, reader_params, reader_kwargs),
                                              None, consistency_tau, require_format=True)
+        # The watch names this reward and the reader as configured, not the inner term and the built object; with
+        # w_consistency 0 the term only shows in the logs, so a failing reader cannot spoil training: not watched.
+        watch = ReaderFailureWatch(name, _reader_label(reader), reader_fail_warn, reader_fail_stop,
+                                   reader_fail_stop_calls)
+        self.consistency.failure_watch = watch if self.weights["consistency"] != 0 else None
 
     def compute(self, parsed, columns):
         mos = _mos_column(columns, len(parsed), self.__name__)
@@ -188,6 +258,7 @@ class QponderReward(RewardFunction):
 def _qponder_reward(w_format: float = 1.0, w_accuracy: float = 1.0, w_consistency: float = 1.0,
                     accuracy: str = "accuracy", accuracy_params: Mapping[str, Any] | None = None,
                     reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
-                    consistency_tau: float = 1.0, **reader_kwargs: Any) -> RewardFunction:
+                    consistency_tau: float = 1.0, reader_fail_warn: float = 0.2, reader_fail_stop: float = 0.5,
+                    reader_fail_stop_calls: int = 20, **reader_kwargs: Any) -> RewardFunction:
     return QponderReward(w_format, w_accuracy, w_consistency, accuracy, accuracy_params, reader, reader_params,
-                         consistency_tau, **reader_kwargs)
+                         consistency_tau, reader_fail_warn, reader_fail_stop, reader_fail_stop_calls, **reader_kwargs)
