@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -33,7 +34,7 @@ def _image(w=112, h=84, color=(200, 80, 40)):
 def test_each_family_forwards_and_generates_with_an_image(tiny_model_dirs, family):
     lm = load_model_and_processor(tiny_model_dirs[family], device="cpu")
     assert lm.family == family
-    assert "ImageOnly" in type(lm.processor).__name__  # no torchvision on CPU boxes
+    assert "ImageOnly" in type(lm.processor).__qualname__  # no torchvision on CPU boxes
     msgs = student_messages(_image())
     inputs = lm.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
                                               return_tensors="pt")
@@ -211,3 +212,42 @@ def test_a_broken_torchvision_is_reported_with_its_import_error(tmp_path, monkey
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "torchvision", raising=False)
     assert _torchvision_status() == (False, "import failed: RuntimeError: operator torchvision::nms does not exist")
+
+
+_STOCK_LOAD = """
+import json, sys
+from pathlib import Path
+from transformers import AutoProcessor
+from transformers.models.auto.processing_auto import processor_class_from_name
+d = Path(sys.argv[1])
+proc = json.loads((d / "processor_config.json").read_text())
+tok = json.loads((d / "tokenizer_config.json").read_text())
+cls = processor_class_from_name(proc["processor_class"])
+print(proc["processor_class"], tok["processor_class"], cls.__module__.split(".")[0],
+      proc["video_processor"]["video_processor_type"])
+try:
+    print("loaded", type(AutoProcessor.from_pretrained(d)).__name__)
+except ImportError as e:  # the stock video processor needs torchvision, which CPU boxes lack
+    print("needs-torchvision", str(e).split()[0])
+"""
+
+
+def test_saved_processors_name_stock_classes_that_stock_transformers_resolves(tiny_model_dirs):
+    """A checkpoint must load where qponder is not imported (a GPU box, vLLM, a user's script): its files name the
+    stock processor class and carry a video processor config, so AutoProcessor builds the stock processor (given
+    torchvision) instead of falling back to a bare tokenizer. Checked in a fresh process."""
+    import importlib.util
+
+    for family, path in tiny_model_dirs.items():
+        stock = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}
+        video = "Qwen3VLVideoProcessor" if family == "qwen3_vl" else "Qwen2VLVideoProcessor"
+        done = subprocess.run([sys.executable, "-c", _STOCK_LOAD, str(path)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        names, load = done.stdout.strip().splitlines()[-2:]
+        assert names.split() == [stock[family], stock[family], "transformers", video], family
+        if importlib.util.find_spec("torchvision") is None:
+            assert load == f"needs-torchvision {video}", (family, load)  # past class and config resolution
+        else:
+            assert load == f"loaded {stock[family]}", (family, load)
+        assert type(load_processor(path)).__name__ == stock[family]  # and qponder itself still loads it

@@ -46,19 +46,34 @@ def _image_only_classes() -> dict[str, tuple[type, type]]:
         Qwen3VLProcessor,
     )
 
-    def make(base: type, name: str) -> type:
+    def make(base: type, name: str, video_type: str) -> type:
         # ProcessorMixin derives its attribute list from __init__'s signature, so leaving `video_processor` out of
         # the signature is what makes the class loadable without a video processor.
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            kwargs.pop("video_processor", None)  # a saved stock-loadable config carries one (see to_dict)
             base.__init__(self, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
                           chat_template=chat_template, **kwargs)
 
-        return type(name, (base,), {"__init__": __init__, "__module__": __name__})
+        def to_dict(self) -> dict:
+            # The stock processor needs a video processor config to load; derive it from the image processor's
+            # patching (the stock class fills in the rest with its defaults).
+            out = base.to_dict(self)
+            image = out.get("image_processor") or {}
+            out.setdefault("video_processor", {"video_processor_type": video_type, **{
+                k: image[k] for k in ("patch_size", "temporal_patch_size", "merge_size") if k in image}})
+            return out
+
+        # __name__ is the stock class's: transformers writes `processor_class` (processor_config.json,
+        # tokenizer_config.json) from it, and a saved checkpoint must name a class that stock transformers, vLLM and
+        # a user's script can load. __qualname__ keeps our name for logs and reprs.
+        return type(base.__name__, (base,), {"__init__": __init__, "to_dict": to_dict, "__module__": __name__,
+                                             "__qualname__": name})
 
     _IMAGE_ONLY = {
-        "qwen2_vl": (Qwen2VLConfig, make(Qwen2VLProcessor, "Qwen2VLImageOnlyProcessor")),
-        "qwen2_5_vl": (Qwen2_5_VLConfig, make(Qwen2_5_VLProcessor, "Qwen2_5_VLImageOnlyProcessor")),
-        "qwen3_vl": (Qwen3VLConfig, make(Qwen3VLProcessor, "Qwen3VLImageOnlyProcessor")),
+        "qwen2_vl": (Qwen2VLConfig, make(Qwen2VLProcessor, "Qwen2VLImageOnlyProcessor", "Qwen2VLVideoProcessor")),
+        "qwen2_5_vl": (Qwen2_5_VLConfig, make(Qwen2_5_VLProcessor, "Qwen2_5_VLImageOnlyProcessor",
+                                               "Qwen2VLVideoProcessor")),
+        "qwen3_vl": (Qwen3VLConfig, make(Qwen3VLProcessor, "Qwen3VLImageOnlyProcessor", "Qwen3VLVideoProcessor")),
     }
     from transformers import AutoProcessor
 
@@ -94,7 +109,7 @@ _ANNOUNCED: set[tuple[str, str]] = set()
 
 def _announce_processor(proc: Any, backend: str, tv_reason: str | None) -> None:
     """Log once per process per (class, reason) which processor loaded and why; loops that reload stay quiet."""
-    name = type(proc).__name__
+    name = type(proc).__qualname__
     if backend == "stock":
         why, level = "stock; requested", logging.INFO
     elif backend == "image-only":
