@@ -1,8 +1,8 @@
 """Settings of ``qponder distill`` (one dataclass tree; every key can be set in a recipe or with ``--set``).
 
 Defaults are the offline demo: the demo's ``rule`` teacher on the demo dataset's train split (both from the
-``qponder.demo`` plugin). Secrets never live
-here: ``teacher.api_key_env`` names the environment variable that holds the key.
+``qponder.demo`` plugin). Secrets never live here: ``teacher.api_key_env`` names the environment variable that
+holds the key.
 """
 
 from __future__ import annotations
