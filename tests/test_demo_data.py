@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +61,10 @@ def kadid_label_file():
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "seed0"
-    t0 = time.perf_counter()
     manifest = build_demo_dataset(out, seed=0)
-    took = time.perf_counter() - t0
     with open(manifest, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    return {"manifest": manifest, "dir": manifest.parent, "rows": rows, "seconds": took}
+    return {"manifest": manifest, "dir": manifest.parent, "rows": rows}
 
 
 def _digest_tree(d: Path) -> dict[str, str]:
@@ -130,8 +127,8 @@ def test_bad_label_file_is_reported(tmp_path):
         kadid_cell_stats(str(bad))
 
 
-def test_demo_builds_fast_with_expected_layout(demo):
-    assert demo["seconds"] < 60
+def test_demo_build_has_expected_layout(demo):
+    """(Its build time is measured in benchmarks/bench_distill.py, not asserted here.)"""
     rows = demo["rows"]
     assert list(rows[0]) == list(MANIFEST_COLUMNS)
     n_refs = (5 + len(TRAIN_ONLY_PHOTOS)) * TRAIN_CROPS + 4      # train photos x crops + val/test centre crops
@@ -198,16 +195,14 @@ def test_load_demo_samples(demo, monkeypatch, tmp_path):
     assert default_out_dir(0) == tmp_path / "cache" / "demo-v2-seed0"
     assert default_out_dir(3, "tiny") == tmp_path / "cache" / "demo-v2-seed3-tiny"
     shutil.copytree(demo["dir"], default_out_dir(0))
-    t0 = time.perf_counter()
+    before = {p: p.stat().st_mtime_ns for p in default_out_dir(0).rglob("*")}
     assert len(load_demo_samples(split="val")) == 40
-    assert time.perf_counter() - t0 < 5
+    assert {p: p.stat().st_mtime_ns for p in default_out_dir(0).rglob("*")} == before  # reused, not rebuilt
 
 
 def test_second_call_returns_cached_build(demo):
     before = {p: p.stat().st_mtime_ns for p in demo["dir"].rglob("*.png")}
-    t0 = time.perf_counter()
     assert build_demo_dataset(demo["dir"], seed=0) == demo["manifest"]
-    assert time.perf_counter() - t0 < 1.0
     assert {p: p.stat().st_mtime_ns for p in demo["dir"].rglob("*.png")} == before
 
 
