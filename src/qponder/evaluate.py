@@ -6,6 +6,10 @@ uninterrupted one (fixed batch plan, per-batch seeds; see ``qponder.infer``). Un
 the correlations and counted (``parse_failure_rate``), never replaced by a random score. Results: ``results.json``,
 ``results.md`` (rows = benchmarks, columns = metrics, plus the unweighted mean over benchmarks) and
 ``<name>/scatter.png`` (prediction vs MOS with the fitted 4-parameter logistic).
+
+Under ``accelerate launch`` / ``torchrun`` every process scores its share of each benchmark (``qponder.infer``'s
+sharding); rank 0 merges the predictions, then computes all metrics and reports, so the other processes never wait
+on a judge or a plot.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ class EvalSettings:
     min_pixels: Optional[int] = None
     max_pixels: Optional[int] = None
     seed: int = 0
-    backend: str = "auto"  # auto (vLLM when installed and a GPU is present) | hf | vllm
+    backend: str = "auto"  # auto (vLLM when installed and a GPU is present; hf under several processes) | hf | vllm
+    tensor_parallel_size: int = 1  # vLLM: GPUs one model is split over (passed to vllm.LLM)
     judge_url: Optional[str] = None  # OpenAI-compatible judge for description quality
     judge_model: str = "judge"
     judge_api_key_env: Optional[str] = None
@@ -98,7 +103,7 @@ def _safe_dirname(name: str) -> str:
 
 def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
     """Run the evaluation; returns ``{benchmark: metrics}`` and writes the files described in the module doc."""
-    from qponder.infer import score_files
+    from qponder.infer import current_shard, score_files
     from qponder.io import read_jsonl, write_json_atomic, write_text_atomic
     from qponder.metrics import summarize
     from qponder.report import markdown_table, scatter_plot
@@ -108,26 +113,36 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
     cfg.benchmarks = expand_benchmarks(cfg.benchmarks)  # aliases and protocol names, from flags or recipes
     if cfg.samples > 1 and cfg.temperature <= 0:
         raise QponderError("samples > 1 needs temperature > 0")
+    shard = current_shard()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic({k: v for k, v in asdict(cfg).items()}, out / "eval_config.json")
+    if shard.main:
+        write_json_atomic({k: v for k, v in asdict(cfg).items()}, out / "eval_config.json")
     # Resolve every benchmark before loading the model: a wrong path fails in a second, not after the first set.
     per_bench = {b: benchmark_samples(b, cfg.data_root, cfg.split, cfg.max_samples, cfg.demo_seed)
                  for b in cfg.benchmarks}
     if scorer is None:
-        scorer = make_scorer(cfg)
-    results: dict[str, dict] = {}
+        scorer = make_scorer(cfg, shard.world, shard.device(cfg.device))
+    scored = {}  # every benchmark scored first (all processes), then the reports (rank 0 alone)
     for bench, samples in per_bench.items():
         bdir = out / _safe_dirname(bench)
         bdir.mkdir(parents=True, exist_ok=True)
-        pred_file = bdir / "predictions.jsonl"
         t0 = time.time()
         extra = [{"image_id": s.image_id, "mos": s.mos, "mos_native": s.mos_native, "dataset": bench,
                   "path": s.image} for s in samples]
-        stats = score_files(scorer, [s.image for s in samples], out_path=str(pred_file),
+        stats = score_files(scorer, [s.image for s in samples], out_path=str(bdir / "predictions.jsonl"),
                             names=[s.image_id for s in samples], samples=cfg.samples, readout=cfg.readout,
                             temperature=cfg.temperature, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                            extra=extra, progress=cfg.progress)
+                            extra=extra, progress=cfg.progress, shard=shard)
+        scored[bench] = (stats, time.time() - t0)
+    if not shard.main:
+        return {}
+    results: dict[str, dict] = {}
+    for bench, samples in per_bench.items():
+        bdir = out / _safe_dirname(bench)
+        pred_file = bdir / "predictions.jsonl"
+        stats, seconds = scored[bench]
+        t0 = time.time()
         records = {r["image"]: r for r in read_jsonl(pred_file)}
         wanted = [s.image_id for s in samples]
         missing = [w for w in wanted if w not in records]
@@ -142,7 +157,7 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
         if cfg.readout == "both":
             summary["levels"] = summarize([records[w].get("levels_score") if w in records else None
                                            for w in wanted], mos)
-        summary["seconds"] = round(time.time() - t0, 2)
+        summary["seconds"] = round(seconds + time.time() - t0, 2)  # scoring + reading back + metrics
         summary["scored_now"] = stats.scored
         if cfg.judge_url:
             from qponder.judge import judge_descriptions
@@ -165,15 +180,19 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
     return results
 
 
-def make_scorer(cfg: EvalSettings):
-    """HF generate by default; vLLM when asked for (or auto with vLLM installed and a GPU present)."""
+def make_scorer(cfg: EvalSettings, processes: int = 1, device: str | None = None):
+    """HF generate by default; vLLM when asked for (or auto with vLLM installed and a GPU present), in one process:
+    vLLM spreads a model over GPUs itself (``tensor_parallel_size``) and is not run once per sharding process."""
     from qponder.infer import QualityScorer
 
     backend = cfg.backend
     adapter = (Path(cfg.model) / "adapter_config.json").exists() and not (Path(cfg.model) / "config.json").exists()
     if backend == "auto":
         # vLLM only for what it can do here: generated answers from a full checkpoint.
-        backend = "vllm" if _vllm_usable() and cfg.readout == "generate" and not adapter else "hf"
+        backend = "vllm" if processes == 1 and _vllm_usable() and cfg.readout == "generate" and not adapter else "hf"
+    if backend == "vllm" and processes > 1:
+        raise QponderError(f"backend vllm runs in one process (here {processes}): start qponder eval without "
+                           "accelerate launch / torchrun and give --tensor-parallel-size, or use --backend hf")
     if backend == "vllm":
         if cfg.readout != "generate":
             raise QponderError("the vLLM backend reads generated answers only; use --backend hf for the level "
@@ -185,10 +204,11 @@ def make_scorer(cfg: EvalSettings):
 
         return VLLMScorer(cfg.model, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                           top_p=cfg.top_p, batch_size=max(cfg.batch_size, 64), seed=cfg.seed,
-                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                          tensor_parallel_size=cfg.tensor_parallel_size)
     if backend != "hf":
         raise QponderError(f"unknown backend {cfg.backend!r}; use auto, hf or vllm")
-    return QualityScorer(cfg.model, device=cfg.device, dtype=cfg.dtype, max_new_tokens=cfg.max_new_tokens,
+    return QualityScorer(cfg.model, device=device or cfg.device, dtype=cfg.dtype, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
 

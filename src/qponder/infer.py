@@ -10,15 +10,23 @@ Two estimators, both on the 1-5 scale:
 
 Batching: images are ordered by pixel count and cut into fixed batches (left padding), so padding is small and the
 batch plan of a run does not depend on what an interrupted earlier run already finished (resume == fresh run).
+
+Sharding (``accelerate launch`` / ``torchrun``): the unfinished batches of that same plan are dealt round-robin over
+the processes; each writes ``<out>.rank{r}-of-{n}<suffix>`` and rank 0 merges the shards into ``<out>`` in plan order.
+A batch's content and seed never depend on the process count, so the merged file equals a one-process run's.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import os
+import re
 import zlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from qponder.errors import QponderError
@@ -280,27 +288,172 @@ class ScoreRunStats:
     unparsable: int = 0
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a multi-process scoring run, from the launcher's RANK / WORLD_SIZE / LOCAL_RANK."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: str) -> str:
+        """``auto`` / ``cuda`` -> this process's own GPU (cuda:LOCAL_RANK); one process keeps what it was given."""
+        if self.world == 1 or device not in ("auto", "cuda"):
+            return device
+        import torch
+
+        if not torch.cuda.is_available():
+            return "cpu" if device == "auto" else device
+        torch.cuda.set_device(self.local_rank)  # stray allocations land on this rank's GPU, not on cuda:0
+        return f"cuda:{self.local_rank}"
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order; also the barrier that keeps ranks in step."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj, group=_gloo_group())
+        return out
+
+
+@functools.cache
+def _gloo_group():
+    """A gloo group for the small object exchanges (works with or without GPUs); created on first use."""
+    import atexit
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a caller's own group (e.g. NCCL): a gloo one beside it
+        return dist.new_group(backend="gloo")
+    # ranks wait in a gather for the slowest one's model load or share of the images
+    dist.init_process_group(backend="gloo", timeout=timedelta(hours=2))
+    atexit.register(dist.destroy_process_group)
+    return None  # the default group, gloo
+
+
+def current_shard() -> Shard:
+    """The shard of this process: one process unless a launcher set WORLD_SIZE > 1 (with RANK and MASTER_ADDR)."""
+    env = os.environ
+
+    def num(key: str, default: int) -> int:
+        try:
+            return int(env.get(key, default))
+        except ValueError:
+            raise QponderError(f"environment variable {key}={env[key]!r} is not a whole number") from None
+
+    world = num("WORLD_SIZE", 1)
+    if world <= 1:
+        return Shard()
+    rank = num("RANK", -1)
+    if not 0 <= rank < world:
+        raise QponderError(f"WORLD_SIZE={world} needs RANK between 0 and {world - 1}; start the processes with "
+                           "accelerate launch or torchrun")
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
+    if missing:
+        raise QponderError(f"WORLD_SIZE={world} but {' and '.join(missing)} unset; start the processes with "
+                           "accelerate launch or torchrun")
+    return Shard(rank=rank, world=world, local_rank=num("LOCAL_RANK", rank))
+
+
+def shard_path(out_path: str | os.PathLike, rank: int, world: int) -> Path:
+    """``dir/predictions.jsonl`` -> ``dir/predictions.rank0-of-2.jsonl``: beside the file it is merged into."""
+    p = Path(out_path)
+    return p.with_name(f"{p.stem}.rank{rank}-of-{world}{p.suffix}")
+
+
+def shard_files(out_path: str | os.PathLike) -> list[Path]:
+    """The shard files of ``out_path`` left by sharded runs of any process count, in name order."""
+    p = Path(out_path)
+    pattern = re.compile(rf"{re.escape(p.stem)}\.rank\d+-of-\d+{re.escape(p.suffix)}")
+    if not p.parent.is_dir():
+        return []
+    return sorted(f for f in p.parent.iterdir() if pattern.fullmatch(f.name) and f.is_file())
+
+
+def merge_shards(out_path: str | os.PathLike, shards: Sequence[Path], order: Sequence[str],
+                 expect: set[str] = frozenset()) -> int:
+    """Fold ``shards`` into ``out_path``: its own records first, unchanged, then the shards' other records in
+    ``order`` (the batch plan's, what a one-process run appends in); atomic, then the shards are deleted.
+
+    A record in both (a kill between the replace and the deletes) is kept once. ``expect``: images the ranks say
+    they wrote; when one is in no file (ranks on machines without a shared folder) nothing is merged or deleted.
+    Returns the records added."""
+    from qponder.io import json_dumps, read_jsonl, write_text_atomic
+
+    out_path = Path(out_path)
+    kept = read_jsonl(out_path) if out_path.exists() else []
+    have = {r["image"] for r in kept if isinstance(r, dict) and "image" in r}
+    new: dict[str, dict] = {}
+    for f in shards:
+        for r in read_jsonl(f):
+            if isinstance(r, dict) and "image" in r and r["image"] not in have:
+                new.setdefault(r["image"], r)
+    lost = expect - have - new.keys()
+    if lost:
+        raise QponderError(f"{out_path}: {len(lost)} prediction(s) the other processes wrote are in no shard file "
+                           f"beside it (e.g. {min(lost)}); the output folder must be one all processes share")
+    pos = {n: i for i, n in enumerate(order)}
+    added = sorted(new.values(), key=lambda r: pos.get(r["image"], len(pos)))  # stable: others keep file order
+    write_text_atomic("".join(json_dumps(r, indent=None) + "\n" for r in kept + added), out_path)
+    for f in shards:
+        f.unlink(missing_ok=True)
+    return len(added)
+
+
+def _done_images(files: Sequence[Path], settings: dict, settings_id: str) -> set[str]:
+    """Images already scored in ``files``; a file written with other settings is refused by name."""
+    from qponder.io import read_jsonl
+
+    done: set[str] = set()
+    for f in files:
+        if not f.exists():
+            continue
+        old = [r for r in read_jsonl(f) if isinstance(r, dict) and "image" in r]
+        other = next((r for r in old if r.get("settings_id") != settings_id), None)
+        if other is not None:
+            raise QponderError(
+                f"{f}: already holds predictions made with other settings (model {other.get('model')!r}, "
+                f"readout {other.get('readout')!r}, backend {other.get('backend')!r}; now {settings['backend']!r}); "
+                "resuming would mix them. Use another output or delete it.")
+        done |= {r["image"] for r in old}
+    return done
+
+
 def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | None = None,
                 names: Sequence[str] | None = None, samples: int = 1, readout: str = "generate",
                 temperature: float | None = None, min_pixels: int | None = None, max_pixels: int | None = None,
-                extra: Sequence[dict] | None = None, progress: bool = True, on_result=None) -> ScoreRunStats:
+                extra: Sequence[dict] | None = None, progress: bool = True, on_result=None,
+                shard: Shard | None = None) -> ScoreRunStats:
     """Score image files in size-bucketed batches, appending one JSON line per image to ``out_path``.
 
-    Resumable: images whose record (by name) is already in ``out_path`` are skipped. Unreadable images are reported
-    on stderr and counted, not written (so ``out_path`` holds one record per scored image and a re-run retries
-    them); the run continues.
+    Resumable: images whose record (by name) is already in ``out_path`` or one of its shard files are skipped.
+    Unreadable images are reported on stderr and counted, not written (so ``out_path`` holds one record per scored
+    image and a re-run retries them); the run continues.
     ``extra[i]`` is merged into image i's record (e.g. mos / dataset for evaluation).
+    With ``shard.world > 1`` every process calls this with the same arguments: each scores its share of the
+    unfinished batches into its shard file, and rank 0 merges them into ``out_path``. The returned stats are the
+    totals over all processes. Shard files left by a killed run (of any process count) count as done and are merged.
     """
     import sys
-    from pathlib import Path
 
     from PIL import Image
     from tqdm import tqdm
 
     from qponder.data import load_image
-    from qponder.io import append_jsonl, read_jsonl
+    from qponder.io import append_jsonl
     from qponder.prompts import prompt_fingerprint
 
+    shard = shard or Shard()
+    if shard.world > 1 and not out_path:
+        raise QponderError(f"scoring over {shard.world} processes writes its results to files: give an output "
+                           "file (--out)")
     names = list(names) if names is not None else [str(Path(p).resolve()) for p in paths]
     seen: set[str] = set()
     for n in names:
@@ -314,16 +467,8 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
                 "min_pixels": min_pixels, "max_pixels": max_pixels,
                 "backend": getattr(scorer, "backend", type(scorer).__name__)}  # HF and vLLM answers differ
     settings_id = prompt_fingerprint(json.dumps(settings, sort_keys=True, default=str))
-    done: set[str] = set()
-    if out_path and Path(out_path).exists():
-        old = [r for r in read_jsonl(out_path) if isinstance(r, dict) and "image" in r]
-        other = next((r for r in old if r.get("settings_id") != settings_id), None)
-        if other is not None:
-            raise QponderError(
-                f"{out_path}: already holds predictions made with other settings (model {other.get('model')!r}, "
-                f"readout {other.get('readout')!r}, backend {other.get('backend')!r}; now {settings['backend']!r}); "
-                "resuming would mix them. Use another output or delete it.")
-        done = {r["image"] for r in old}
+    leftovers = shard_files(out_path) if out_path else []
+    done = _done_images([Path(out_path)] + leftovers, settings, settings_id) if out_path else set()
     stats = ScoreRunStats(skipped_done=sum(1 for n in names if n in done))
     # Pixel counts from headers only (cheap), for the batch plan over ALL images so resume == fresh run.
     sizes = []
@@ -334,11 +479,27 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
         except Exception:  # unreadable: reported with its file name when the batch loads it
             sizes.append(0)
     plan = batch_plan(sizes, scorer.batch_size)
-    bar = tqdm(total=len(paths) - stats.skipped_done, desc="scoring", unit="img", disable=not progress)
-    for batch in plan:
+    order = [names[i] for batch in plan for i in batch]
+    remaining = [batch for batch in plan if any(names[i] not in done for i in batch)]
+    if shard.world > 1:
+        # Every rank must deal out the same batches: same settings, same files seen (this is also the barrier
+        # before anyone writes, so no rank's done set includes another's new records).
+        views = shard.gather((settings_id, zlib.crc32(json.dumps(remaining).encode())))
+        if len(set(views)) > 1:
+            raise QponderError(f"{out_path}: the {shard.world} processes see different settings or files; run them "
+                               "with the same arguments, on a folder all of them share")
+        write_path = str(shard_path(out_path, shard.rank, shard.world))
+    else:
+        if leftovers:  # a sharded run's work, continued by one process
+            merge_shards(out_path, leftovers, order)
+        write_path = out_path
+    mine = remaining[shard.rank::shard.world]  # round-robin over size-sorted batches: similar work per process
+    todo_total = sum(1 for batch in mine for i in batch if names[i] not in done)
+    desc = "scoring" if shard.world == 1 else f"scoring (rank 0 of {shard.world})"
+    written: list[str] = []
+    bar = tqdm(total=todo_total, desc=desc, unit="img", disable=not (progress and shard.main))
+    for batch in mine:
         todo = [i for i in batch if names[i] not in done]
-        if not todo:
-            continue
         images, ok_idx = [], []
         for i in batch:  # load the whole planned batch so the batch content never depends on resume state
             try:
@@ -350,7 +511,7 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
                     tqdm.write(f"skipped unreadable image: {e}", file=sys.stderr)
                     stats.unreadable += 1
                     bar.update(1)
-        if not ok_idx:
+        if not any(i in todo for i in ok_idx):  # nothing left to write (e.g. only an unreadable image was)
             continue
         results = scorer.score_batch(images, [names[i] for i in ok_idx], samples=samples, readout=readout,
                                      temperature=temperature)
@@ -363,12 +524,26 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
             rec["settings_id"] = settings_id
             if extra is not None:
                 rec.update(extra[i])
-            if out_path:
-                append_jsonl(out_path, rec)
+            if write_path:
+                append_jsonl(write_path, rec)
+                written.append(rec["image"])
             if on_result is not None:
                 on_result(rec)
             stats.scored += 1
             stats.unparsable += int(res.score is None)
             bar.update(1)
     bar.close()
+    if shard.world > 1:
+        return _merge_after_all(shard, stats, written, out_path, order)
     return stats
+
+
+def _merge_after_all(shard: Shard, stats: ScoreRunStats, written: list[str], out_path: str,
+                     order: list[str]) -> ScoreRunStats:
+    """Wait for every rank and sum their stats; rank 0 merges the shards once every record written is there."""
+    per_rank = shard.gather((asdict(stats), written))
+    total = ScoreRunStats(skipped_done=stats.skipped_done,
+                          **{k: sum(s[k] for s, _ in per_rank) for k in ("scored", "unreadable", "unparsable")})
+    if shard.main:
+        merge_shards(out_path, shard_files(out_path), order, expect={n for _, w in per_rank for n in w})
+    return total

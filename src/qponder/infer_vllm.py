@@ -3,6 +3,7 @@
 Imported only when asked for (``--backend vllm``, or ``auto`` with vLLM installed and a GPU present). The prompt
 text is rendered by the checkpoint's own processor chat template, exactly as the HF path renders it, and vLLM
 receives the image as multi-modal data. The level read-out needs full next-token logits and stays on the HF path.
+``tensor_parallel_size`` goes to ``vllm.LLM`` as it is (one model over that many GPUs, in one qponder process).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class VLLMScorer:
     def __init__(self, model_path: str, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                  batch_size: int = 64, seed: int = 0, min_pixels: Optional[int] = None,
                  max_pixels: Optional[int] = None, gpu_memory_utilization: float = 0.85,
-                 prompt: str = STUDENT_PROMPT):
+                 prompt: str = STUDENT_PROMPT, tensor_parallel_size: int = 1):
         try:
             from vllm import LLM
         except ImportError as e:
@@ -28,12 +29,15 @@ class VLLMScorer:
 
         mm_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
         self.llm = LLM(model=model_path, limit_mm_per_prompt={"image": 1}, seed=seed,
-                       gpu_memory_utilization=gpu_memory_utilization, mm_processor_kwargs=mm_kwargs or None)
+                       gpu_memory_utilization=gpu_memory_utilization, mm_processor_kwargs=mm_kwargs or None,
+                       tensor_parallel_size=tensor_parallel_size)
         self.processor = load_processor(model_path)
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.batch_size, self.seed, self.prompt = batch_size, seed, prompt
         self.model_name = model_path
-        self.backend = "vllm"  # recorded with each prediction: a resumed file never mixes backends
+        # recorded with each prediction: a resumed file never mixes backends (nor tensor-parallel sizes, whose
+        # reductions run in another order)
+        self.backend = "vllm" if tensor_parallel_size == 1 else f"vllm:tp{tensor_parallel_size}"
 
     def _prompt_text(self) -> str:
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]

@@ -24,24 +24,31 @@ def register(app: typer.Typer) -> None:
         readout: Optional[str] = typer.Option(None, help="= readout: generate | levels | both"),
         batch_size: Optional[int] = typer.Option(None, help="= batch_size"),
         backend: Optional[str] = typer.Option(None, help="= backend: auto | hf | vllm"),
+        tensor_parallel_size: Optional[int] = typer.Option(None, help="= tensor_parallel_size: GPUs one vLLM "
+                                                                      "model is split over"),
         judge: Optional[str] = typer.Option(None, "--judge", help="= judge_url: OpenAI-compatible base URL of a "
                                                                  "judge model rating the descriptions"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with any EvalSettings fields."),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any field: --set max_new_tokens=512"),
     ) -> None:
-        """Evaluate on IQA benchmarks: predictions.jsonl, results.json/.md, scatter plots. Resumable."""
+        """Evaluate on IQA benchmarks: predictions.jsonl, results.json/.md, scatter plots. Resumable.
+        Under accelerate launch / torchrun the images are shared out over the processes."""
         from qponder.config import cli_overrides, load_config
         from qponder.errors import QponderError
         from qponder.evaluate import EvalSettings, evaluate
+        from qponder.infer import current_shard
 
         fields = {"model": model, "data_root": data_root, "split": split, "max_samples": max_samples,
                   "out": out, "samples": samples, "temperature": temperature, "readout": readout,
-                  "batch_size": batch_size, "backend": backend, "judge_url": judge,
+                  "batch_size": batch_size, "backend": backend, "tensor_parallel_size": tensor_parallel_size,
+                  "judge_url": judge,
                   "benchmarks": benchmarks.split(",") if benchmarks else None}
         cfg = load_config(EvalSettings, config, cli_overrides(set_, fields))
         if not cfg.model:
             raise QponderError("--model is required")
         results = evaluate(cfg)
+        if not current_shard().main:
+            return  # rank 0 merged the predictions and wrote the reports
         typer.echo((Path(cfg.out) / "results.md").read_text())
         typer.echo(f"wrote {cfg.out}/results.json, results.md and per-benchmark predictions + scatter plots "
                    f"({len(results)} benchmark(s))", err=True)

@@ -28,16 +28,21 @@ def register(app: typer.Typer) -> None:
         base_model: Optional[str] = typer.Option(None, help="Base model for a LoRA adapter folder."),
         seed: int = typer.Option(0, help="Sampling seed."),
     ) -> None:
-        """Score images: reasoning + a 1-5 quality score per image (JSON lines)."""
+        """Score images: reasoning + a 1-5 quality score per image (JSON lines).
+        Under accelerate launch / torchrun the images are shared out over the processes (needs --out)."""
         from qponder.errors import QponderError
-        from qponder.infer import QualityScorer, expand_image_paths, score_files
+        from qponder.infer import QualityScorer, current_shard, expand_image_paths, score_files
 
         paths = expand_image_paths(images, recursive=recursive)
         if not paths:
             raise QponderError("no images found in " + ", ".join(images))
         if samples > 1 and temperature <= 0:
             raise QponderError("--samples > 1 needs --temperature > 0 (greedy samples would all be identical)")
-        scorer = QualityScorer(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+        shard = current_shard()
+        if shard.world > 1 and out is None:
+            raise QponderError(f"scoring over {shard.world} processes needs --out (each writes its share beside it, "
+                               "merged into it at the end)")
+        scorer = QualityScorer(model, device=shard.device(device), dtype=dtype, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
                                base_model=base_model, min_pixels=min_pixels, max_pixels=max_pixels)
 
@@ -46,7 +51,9 @@ def register(app: typer.Typer) -> None:
                 typer.echo(json.dumps(rec, ensure_ascii=False))
 
         stats = score_files(scorer, paths, out_path=str(out) if out else None, samples=samples, readout=readout,
-                            min_pixels=min_pixels, max_pixels=max_pixels, on_result=show)
+                            min_pixels=min_pixels, max_pixels=max_pixels, on_result=show, shard=shard)
+        if not shard.main:
+            return  # rank 0 reports the totals
         typer.echo(f"scored {stats.scored} image(s), {stats.skipped_done} already done, "
                    f"{stats.unreadable} unreadable, {stats.unparsable} without a parsable score"
                    + (f" -> {out}" if out else ""), err=True)
