@@ -4,7 +4,9 @@ Measures, on one GPU (H100/H200 class; < 10 minutes):
   * generation tokens/s (HF generate, bf16, batch of B images at the Qwen2.5-VL pixel budget we train with),
   * training tokens/s (forward + backward + AdamW step on SFT-length sequences, gradient checkpointing on),
   * peak GPU memory of each,
-  * vLLM generation tokens/s when vLLM is installed (the model is saved to a temp folder first; --vllm).
+  * vLLM generation tokens/s when vLLM is installed (--vllm: the model is saved to a temp folder and freed first).
+
+The model is built directly in bf16 on the GPU, so the peak is the bf16 model's (~16 GB at 7B), never an fp32 copy.
 
     python -m benchmarks.gpu_bench [--shape 7b|3b] [--batch 8] [--new-tokens 256] [--attn sdpa|flash_attention_2]
                                    [--vllm] [--out bench-out/gpu.json]
@@ -21,19 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# Published Qwen2.5-VL text-model shapes (config.json of the released checkpoints); the vision tower is shared.
-SHAPES = {
-    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-               num_key_value_heads=2, out_hidden_size=2048),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, out_hidden_size=3584),
-    # a few-layer model with the same head layout, to smoke-test this script on a CPU (--device cpu)
-    "debug": dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, out_hidden_size=512),
-}
-VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
-              temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31])
-VISION_DEBUG = dict(VISION, depth=2, hidden_size=128, intermediate_size=256, num_heads=2, fullatt_block_indexes=[1])
+SHAPES = ("7b", "3b", "debug")  # benchmarks.qwen_shapes: the published sizes; debug = a few layers for a CPU
 DEVICE = "cuda"
 
 
@@ -58,35 +48,22 @@ def _peak_gib() -> float | None:
 
 
 def build(shape: str, attn: str):
+    """The model, built directly in its compute dtype on the device (bf16 on a GPU: never an fp32 7B first, which
+    alone is ~31 GiB), with a tiny model's tokenizer and processor (no download)."""
     import torch
-    import transformers as T
 
+    from benchmarks.qwen_shapes import build_model, qwen2_5_vl_config, token_ids
     from qponder.demo.tiny_model import build_tiny_model
-    from qponder.models import load_processor
+    from qponder.models import load_processor, set_pixel_budget
 
     tmp = Path(tempfile.mkdtemp())
     tiny = build_tiny_model(tmp / "tok", family="qwen2_5_vl", size="tiny")  # tokenizer + processor, no download
     proc = load_processor(tiny)
-    from qponder.models import set_pixel_budget
-
     set_pixel_budget(proc, min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28)
     tok = proc.tokenizer
-    s = SHAPES[shape]
-    g = tok.convert_tokens_to_ids
-    cfg = T.Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=151936, hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
-                         num_hidden_layers=s["num_hidden_layers"], num_attention_heads=s["num_attention_heads"],
-                         num_key_value_heads=s["num_key_value_heads"], max_position_embeddings=32768,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                                          "mrope_section": [16, 24, 24]},
-                         eos_token_id=g("<|im_end|>"), pad_token_id=g("<|endoftext|>")),
-        vision_config=dict(VISION_DEBUG if shape == "debug" else VISION, out_hidden_size=s["out_hidden_size"]),
-        image_token_id=g("<|image_pad|>"), video_token_id=g("<|video_pad|>"),
-        vision_start_token_id=g("<|vision_start|>"), vision_end_token_id=g("<|vision_end|>"))
-    cfg._attn_implementation = attn
-    with torch.device(DEVICE):
-        model = T.Qwen2_5_VLForConditionalGeneration(cfg).to(torch.bfloat16 if DEVICE.startswith("cuda")
-                                                              else torch.float32)
+    vocab = ((len(tok) + 63) // 64) * 64 if shape == "debug" else None  # debug: the tiny tokenizer's vocabulary
+    cfg = qwen2_5_vl_config(shape, token_ids(tok), vocab_size=vocab)
+    model = build_model(cfg, DEVICE, torch.bfloat16 if DEVICE.startswith("cuda") else torch.float32, attn)
     return model, proc, tmp
 
 
@@ -120,7 +97,7 @@ def bench_generate(model, proc, batch: int, new_tokens: int) -> dict:
             "peak_mem_gib": _peak_gib()}
 
 
-def bench_train(model, proc, batch: int, target_tokens: int, steps: int = 4) -> dict:
+def bench_train(model, proc, batch: int, target_tokens: int, steps: int) -> dict:
     import torch
 
     from qponder.prompts import format_target, student_messages
@@ -151,14 +128,29 @@ def bench_train(model, proc, batch: int, target_tokens: int, steps: int = 4) -> 
             "peak_mem_gib": _peak_gib()}
 
 
-def bench_vllm(model, proc, tmp: Path, batch: int, new_tokens: int) -> dict:
+def save_for_vllm(model, proc, tmp: Path) -> Path:
+    folder = tmp / "model"
+    model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return folder
+
+
+def free_cuda() -> None:
+    """Return freed blocks to the driver: vLLM sizes its share from the memory free when it starts."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if DEVICE.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def bench_vllm(folder: Path, proc, batch: int, new_tokens: int) -> dict:
     from vllm import LLM, SamplingParams
 
     from qponder.prompts import student_messages
 
-    folder = tmp / "model"
-    model.save_pretrained(folder)
-    proc.save_pretrained(folder)
     llm = LLM(model=str(folder), limit_mm_per_prompt={"image": 1}, gpu_memory_utilization=0.5, dtype="bfloat16")
     text = proc.apply_chat_template(student_messages(), tokenize=False, add_generation_prompt=True)
     reqs = [{"prompt": text, "multi_modal_data": {"image": im}} for im in images(batch)]
@@ -172,11 +164,12 @@ def bench_vllm(model, proc, tmp: Path, batch: int, new_tokens: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
+    ap.add_argument("--shape", choices=SHAPES, default="7b")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--train-batch", type=int, default=2)
     ap.add_argument("--train-target-tokens", type=int, default=512)
+    ap.add_argument("--train-steps", type=int, default=4, help="the first is a warm-up, left out of step_s")
     ap.add_argument("--attn", default="sdpa")
     ap.add_argument("--vllm", action="store_true")
     ap.add_argument("--device", default="cuda", help="cuda (the measurement) | cpu (smoke test with --shape debug)")
@@ -196,10 +189,13 @@ def main(argv=None) -> int:
            "params_b": sum(p.numel() for p in model.parameters()) / 1e9}
     res["generate_hf"] = bench_generate(model, proc, a.batch, a.new_tokens)
     print(json.dumps(res["generate_hf"]), flush=True)
-    res["train"] = bench_train(model, proc, a.train_batch, a.train_target_tokens)
+    res["train"] = bench_train(model, proc, a.train_batch, a.train_target_tokens, a.train_steps)
     print(json.dumps(res["train"]), flush=True)
     if a.vllm:
-        res["generate_vllm"] = bench_vllm(model, proc, tmp, a.batch, a.new_tokens)
+        folder = save_for_vllm(model, proc, tmp)
+        del model  # the training model's ~16 GB (7B bf16) must not sit beside vLLM's share
+        free_cuda()
+        res["generate_vllm"] = bench_vllm(folder, proc, a.batch, a.new_tokens)
     res["total_s"] = time.perf_counter() - t0
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2))
