@@ -73,6 +73,10 @@ def test_small_size_is_bigger(tmp_path):
     assert 2e6 < count_parameters(small) < 1e7
 
 
+def proc_base_budget(path) -> int:
+    return load_processor(path).image_processor.size.get("longest_edge")
+
+
 def test_lora_adapter_folder_loads_on_its_base(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
@@ -96,6 +100,11 @@ def test_lora_adapter_folder_loads_on_its_base(tiny_model_dir, tmp_path):
         torch.testing.assert_close(merged.model(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-4)
         plain = load_model_and_processor(tiny_model_dir, device="cpu").model(input_ids=ids).logits
     assert not torch.allclose(plain, expected)  # the adapter really changes the output
+    # an adapter folder that carries its own processor (as `qponder sft` saves it) is loaded with that processor
+    proc = load_processor(tiny_model_dir, max_pixels=4 * 28 * 28)
+    proc.save_pretrained(adapter_dir)
+    own = load_model_and_processor(adapter_dir, device="cpu").processor
+    assert own.image_processor.size.get("longest_edge") == 4 * 28 * 28 != proc_base_budget(tiny_model_dir)
 
 
 def test_missing_and_corrupt_folders_give_clear_errors(tmp_path):

@@ -317,7 +317,9 @@ def load_model_and_processor(path_or_id: str | os.PathLike, family: str | None =
     if not trainable:
         model.eval()  # dropout off; callers wrap forward passes in torch.inference_mode themselves
     # The adapter folder may carry its own processor (saved by `qponder sft`); otherwise use the base's.
-    proc_src = str(local) if is_adapter and (local / "preprocessor_config.json").exists() else base_path
+    # (transformers 5 writes processor_config.json; older checkpoints preprocessor_config.json)
+    own = is_adapter and any((local / f).exists() for f in ("processor_config.json", "preprocessor_config.json"))
+    proc_src = str(local) if own else base_path
     processor = load_processor(proc_src, family, backend=processor_backend, padding_side=padding_side,
                                min_pixels=min_pixels, max_pixels=max_pixels)
     return LoadedModel(model=model, processor=processor, family=family, path=path, device=device,
