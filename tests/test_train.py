@@ -92,13 +92,15 @@ def test_sft_full_trains_and_the_checkpoint_scores(sft_trained, tiny_model_dir, 
     assert res.score is not None and 1 <= res.score <= 5
 
 
-def test_sft_supervises_exactly_the_assistant_turn(tiny_model_dir, data_file, tmp_path):
+def assert_sft_supervises_exactly_the_assistant_turn(model_dir: Path, data_file: Path, tmp_path: Path) -> list[int]:
+    """TRL's assistant-only mask with ``model_dir``'s tokenizer: the supervised tokens are exactly the target and its
+    end of turn, and the prompt is byte-identical to what inference sends. Returns the supervised token ids."""
     from trl import SFTConfig, SFTTrainer
 
     from qponder.models import load_model_and_processor
     from qponder.train.data import read_sft_records, sft_dataset
 
-    lm = load_model_and_processor(tiny_model_dir, trainable=True)
+    lm = load_model_and_processor(model_dir, trainable=True)
     records = read_sft_records(data_file)
     ds = sft_dataset(records)
     args = SFTConfig(output_dir=str(tmp_path), max_length=None, assistant_only_loss=True, bf16=False,
@@ -114,6 +116,11 @@ def test_sft_supervises_exactly_the_assistant_turn(tiny_model_dir, data_file, tm
     n_img = int((batch["input_ids"][0] == lm.processor.image_token_id).sum())
     infer_prompt = infer_prompt.replace("<|image_pad|>", "<|image_pad|>" * n_img)
     assert trained_prompt == infer_prompt
+    return batch["input_ids"][0][batch["labels"][0] != -100].tolist()
+
+
+def test_sft_supervises_exactly_the_assistant_turn(tiny_model_dir, data_file, tmp_path):
+    assert_sft_supervises_exactly_the_assistant_turn(tiny_model_dir, data_file, tmp_path)
 
 
 def test_sft_lora_learns_and_saves_an_adapter_and_an_equal_merged_model(tiny_model_dir, data_file, tmp_path):

@@ -17,12 +17,15 @@ def register(app: typer.Typer) -> None:
                     "photographs (no labels; what `qponder demo` does, about 3 min for 3000 on 2 cores)."),
         vision_pretrain_epochs: int = typer.Option(2, help="Epochs of the proxy pretraining."),
         demo_seed: int = typer.Option(0, help="Demo split whose training photographs the proxy pretraining uses."),
+        tokenizer: Path = typer.Option(
+            None, help="A real tokenizer folder (tokenizer.json, tokenizer_config.json; e.g. Qwen's) to build "
+                       "around instead of the locally trained one; the vocabulary becomes that tokenizer's."),
     ) -> None:
-        """Build a randomly initialised Qwen-VL model with a locally trained tokenizer (no download)."""
+        """Build a randomly initialised Qwen-VL model with a locally trained (or given) tokenizer (no download)."""
         from qponder.demo.tiny_model import build_tiny_model
         from qponder.models import count_parameters, load_model_and_processor
 
-        path = build_tiny_model(out_dir, family=family, size=size, seed=seed)
+        path = build_tiny_model(out_dir, family=family, size=size, seed=seed, tokenizer=tokenizer)
         state = "untrained"
         if vision_pretrain_samples > 0:
             from qponder.demo.vision_proxy import VisionProxySettings, pretrain_on_demo

@@ -1,9 +1,9 @@
 """Tiny Qwen-VL models built offline: the demo's and the tests' stand-in for a downloaded checkpoint.
 
 ``build_tiny_model(out_dir, ...)`` makes a randomly initialised Qwen2-VL / Qwen2.5-VL / Qwen3-VL model with a locally
-trained byte-level BPE tokenizer carrying the Qwen special tokens, the real chat template (from TRL), and a small
-image-pixel budget, and saves it as an ordinary model folder, the seam through which the core loads it
-(``qponder.models.load_model_and_processor``). Nothing is downloaded.
+trained byte-level BPE tokenizer carrying the Qwen special tokens (or a real tokenizer from a folder, ``tokenizer=``),
+the real chat template (from TRL), and a small image-pixel budget, and saves it as an ordinary model folder, the seam
+through which the core loads it (``qponder.models.load_model_and_processor``). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ QWEN_SPECIAL_TOKENS = [
     "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
-# Real Qwen tokenizers carry these as added (non-special) tokens.
+# Added (non-special) tokens. Qwen3's real tokenizer has the first four so; the <answer> tags are added here alone
+# (the real one writes "<answer>" as '<', 'answer', '>'; tests/test_real_tokenizer.py).
 QWEN_ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>", "<answer>", "</answer>"]
 
 
@@ -98,6 +99,25 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
                                    clean_up_tokenization_spaces=False)
 
 
+def load_tokenizer(path: str | os.PathLike):
+    """A real tokenizer folder (e.g. Qwen's ``tokenizer.json`` + ``tokenizer_config.json``) set up as the tiny models'
+    own: ``<|im_end|>`` ends a turn, ``<|endoftext|>`` pads, left padding. Every Qwen special token must be in it,
+    each as one token, since the model's image/video/EOS ids are read from it."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        raise QponderError(f"{folder}: no tokenizer.json or tokenizer_config.json (not a tokenizer folder)")
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    vocab = tok.get_vocab()
+    missing = [t for t in QWEN_SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise QponderError(f"{folder}: the tokenizer lacks the Qwen special token(s) {', '.join(missing)}")
+    tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
+    tok.padding_side = "left"
+    return tok
+
+
 def _chat_template(family: str) -> str:
     import trl
 
@@ -153,11 +173,13 @@ def _init_patch_embedding(model) -> None:
 
 
 def build_tiny_model(out_dir: str | os.PathLike, family: str = "qwen2_5_vl", size: str = "tiny",
-                     seed: int = 0, vision_init: str = "dct") -> Path:
+                     seed: int = 0, vision_init: str = "dct", tokenizer: str | os.PathLike | None = None) -> Path:
     """Build, save and return the folder of a randomly initialised Qwen-VL model. Deterministic given ``seed``.
 
     ``vision_init="dct"`` (default) starts the patch embedding as a fixed DCT filter bank (see ``dct_filter_bank``);
-    ``"random"`` keeps transformers' random init everywhere.
+    ``"random"`` keeps transformers' random init everywhere. ``tokenizer``: a real tokenizer folder to build around
+    (``load_tokenizer``; the vocabulary, hence the embedding, is that tokenizer's, padded to a multiple of 64)
+    instead of the locally trained one; the chat template is the same either way.
     """
     if vision_init not in ("dct", "random"):
         raise QponderError(f"unknown vision_init {vision_init!r}; use dct or random")
@@ -168,7 +190,7 @@ def build_tiny_model(out_dir: str | os.PathLike, family: str = "qwen2_5_vl", siz
     import transformers as T
 
     s = TINY_SIZES[size]
-    tok = build_tokenizer(s.vocab, seed=0)
+    tok = build_tokenizer(s.vocab, seed=0) if tokenizer is None else load_tokenizer(tokenizer)
     g = tok.convert_tokens_to_ids
     t = dict(image=g("<|image_pad|>"), video=g("<|video_pad|>"), vstart=g("<|vision_start|>"),
              vend=g("<|vision_end|>"), eos=g("<|im_end|>"), pad=g("<|endoftext|>"))
@@ -228,8 +250,9 @@ def build_tiny_model(out_dir: str | os.PathLike, family: str = "qwen2_5_vl", siz
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "qponder_tiny.json").write_text(json.dumps(
-        {"family": family, "size": size, "seed": seed, "vision_init": vision_init,
-         "note": "randomly initialised; not a trained model"},
-        indent=2) + "\n")
+    info = {"family": family, "size": size, "seed": seed, "vision_init": vision_init,
+            "note": "randomly initialised; not a trained model"}
+    if tokenizer is not None:
+        info["tokenizer"] = str(Path(tokenizer).resolve())
+    (out / "qponder_tiny.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
