@@ -201,3 +201,56 @@ def test_resume_never_mixes_backends(tiny_model_dir, tmp_path, capsys):
     assert "backend 'hf:float32'; now 'hf:bfloat16'" in err
     assert len(out.read_text().splitlines()) == 1
     assert cli_main(base + ["--dtype", "float32"]) == 0  # the same backend resumes
+
+
+# -- batch invariance and reproducibility (issue 16.5) ---------------------------------------------------------------
+
+def _mixed_images(n):
+    """``n`` images of 6 different sizes (so 2-15 vision-token rows per image: left padding of every length);
+    image 0 is the smallest, so in a batch it is the one padded most."""
+    sides = [(28, 28), (56, 84), (112, 56), (84, 140), (168, 112), (140, 196)]
+    return [Image.new("RGB", sides[i % len(sides)], (37 * i % 255, 255 - 23 * i % 255, 90 + 11 * i % 160))
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("readout", ["generate", "levels"])
+def test_greedy_scores_do_not_depend_on_the_batch(scorer, readout):
+    """Left padding, attention masks and mrope position ids must not leak into a greedy score: an image scored alone,
+    in a batch of 8 and in a batch of 32 of mixed sizes gets the same text and score (the CLI batches by size, the
+    server by arrival: a score must not depend on its neighbours)."""
+    imgs = _mixed_images(32)
+    names = [f"img{i}" for i in range(32)]
+    alone = [scorer.score_batch([im], [n], readout=readout)[0] for im, n in zip(imgs, names)]
+    order = [5, 0, 17, 3, 30, 12, 9, 22]  # image 0 (the smallest) in the middle of a batch of 8
+    eight = scorer.score_batch([imgs[i] for i in order], [names[i] for i in order], readout=readout)
+    rest = [i for i in range(32) if i not in order]
+    order32 = rest[:12] + order + rest[12:]
+    all32 = scorer.score_batch([imgs[i] for i in order32], [names[i] for i in order32], readout=readout)
+    for batch_order, got in ((order, eight), (order32, all32)):
+        for i, res in zip(batch_order, got):
+            if readout == "generate":
+                assert res.raw == alone[i].raw and res.score == alone[i].score, (len(batch_order), i)
+            else:
+                assert res.score == pytest.approx(alone[i].score, abs=1e-5), (len(batch_order), i)
+    assert len({r.raw[0] if readout == "generate" else round(r.score, 4) for r in alone}) > 1  # inputs matter
+
+
+def _score_lines(out: str) -> list[dict]:
+    return [{k: r[k] for k in ("image", "scores", "raw", "score", "std")}
+            for r in map(json.loads, out.strip().splitlines())]
+
+
+def test_sampled_scores_are_reproducible_with_a_seed(tiny_model_dir, tmp_path, capsys):
+    """`qponder score --samples N --seed S` twice prints the same samples; another seed draws others."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(_mixed_images(5)):
+        im.save(folder / f"img{i}.png")
+    args = ["score", str(folder), "--model", str(tiny_model_dir), "--samples", "3", "--temperature", "1.0",
+            "--max-new-tokens", "12", "--batch-size", "2"]
+    runs = []
+    for seed in ("7", "7", "8"):
+        assert cli_main(args + ["--seed", seed]) == 0
+        runs.append(_score_lines(capsys.readouterr().out))
+    assert len(runs[0]) == 5 and runs[0] == runs[1]
+    assert [r["raw"] for r in runs[0]] != [r["raw"] for r in runs[2]]
