@@ -62,7 +62,7 @@ def test_the_core_never_imports_the_demo_or_the_cli():
 LAYERS = (
     ("distill", "train", "evaluate", "serve", "api"),
     ("rewards", "judge", "report"),
-    ("infer", "infer_vllm", "metrics"),
+    ("infer", "infer_vllm", "metrics", "video"),
     ("models", "data", "prompts", "parsing", "openai_compat", "config"),
     ("io", "errors", "plugins"),
 )

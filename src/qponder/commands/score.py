@@ -10,7 +10,8 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("score")
     def score(
-        images: List[str] = typer.Argument(..., help="Image files and/or folders of images."),
+        images: List[str] = typer.Argument(..., help="Image and video files and/or folders of them (videos by "
+                                                     "extension: mp4, mov, mkv, webm, avi)."),
         model: str = typer.Option(..., "--model", help="Model folder, hub id or LoRA adapter folder."),
         samples: int = typer.Option(1, help="Samples per image; the score is their mean (needs --temperature > 0)."),
         temperature: float = typer.Option(0.0, help="0 = greedy decoding."),
@@ -27,21 +28,31 @@ def register(app: typer.Typer) -> None:
         min_pixels: Optional[int] = typer.Option(None, help="Upscale images below this many pixels."),
         base_model: Optional[str] = typer.Option(None, help="Base model for a LoRA adapter folder."),
         seed: int = typer.Option(0, help="Sampling seed."),
+        frames: int = typer.Option(8, help="Frames sampled uniformly from each video; its score is their mean."),
     ) -> None:
-        """Score images: reasoning + a 1-5 quality score per image (JSON lines).
+        """Score images and videos: reasoning + a 1-5 quality score per image (JSON lines); a video's is the mean of
+        --frames frames, kept with their own scores and the worst frames.
         Under accelerate launch / torchrun the images are shared out over the processes (needs --out)."""
         from qponder.errors import QponderError
         from qponder.infer import QualityScorer, current_shard, expand_image_paths, score_files
+        from qponder.video import find_videos, is_video, score_videos
 
-        paths = expand_image_paths(images, recursive=recursive)
-        if not paths:
-            raise QponderError("no images found in " + ", ".join(images))
+        named = expand_image_paths(images, recursive=recursive)
+        paths = [p for p in named if not is_video(p)]
+        videos = list(dict.fromkeys([p for p in named if is_video(p)] + find_videos(images, recursive=recursive)))
+        if not paths and not videos:
+            raise QponderError("no images or videos found in " + ", ".join(images))
+        if frames < 1:
+            raise QponderError(f"--frames must be >= 1, got {frames}")
         if samples > 1 and temperature <= 0:
             raise QponderError("--samples > 1 needs --temperature > 0 (greedy samples would all be identical)")
         shard = current_shard()
         if shard.world > 1 and out is None:
             raise QponderError(f"scoring over {shard.world} processes needs --out (each writes its share beside it, "
                                "merged into it at the end)")
+        if shard.world > 1 and videos:
+            raise QponderError(f"videos are scored in one process, not shared out over {shard.world}; score "
+                               f"{videos[0]} and the other videos without accelerate launch / torchrun")
         scorer = QualityScorer(model, device=shard.device(device), dtype=dtype, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
                                base_model=base_model, min_pixels=min_pixels, max_pixels=max_pixels)
@@ -50,10 +61,17 @@ def register(app: typer.Typer) -> None:
             if out is None:
                 typer.echo(json.dumps(rec, ensure_ascii=False))
 
-        stats = score_files(scorer, paths, out_path=str(out) if out else None, samples=samples, readout=readout,
-                            min_pixels=min_pixels, max_pixels=max_pixels, on_result=show, shard=shard)
-        if not shard.main:
-            return  # rank 0 reports the totals
-        typer.echo(f"scored {stats.scored} image(s), {stats.skipped_done} already done, "
-                   f"{stats.unreadable} unreadable, {stats.unparsable} without a parsable score"
-                   + (f" -> {out}" if out else ""), err=True)
+        def report(what: str, stats) -> None:
+            typer.echo(f"scored {stats.scored} {what}, {stats.skipped_done} already done, "
+                       f"{stats.unreadable} unreadable, {stats.unparsable} without a parsable score"
+                       + (f" -> {out}" if out else ""), err=True)
+
+        common = dict(out_path=str(out) if out else None, samples=samples, readout=readout, min_pixels=min_pixels,
+                      max_pixels=max_pixels, on_result=show)
+        if paths:
+            stats = score_files(scorer, paths, shard=shard, **common)
+            if not shard.main:
+                return  # rank 0 reports the totals
+            report("image(s)", stats)
+        if videos:
+            report("video(s)", score_videos(scorer, videos, frames=frames, **common))

@@ -161,6 +161,7 @@ class ScoreOptions(_Lenient):
     readout: str = "generate"
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     seed: int | None = None
+    frames: int = Field(default=8, ge=1, le=64)  # a video's frames to sample and score (ignored for an image)
 
     @field_validator("readout")
     @classmethod
