@@ -35,11 +35,12 @@ def chat_completion(texts: list[str], model: str = "test", **extra: Any) -> dict
 class LocalServer:
     """A threaded HTTP server for ``handler_cls`` on a free 127.0.0.1 port; use as a context manager."""
 
-    def __init__(self, handler_cls: type[BaseHTTPRequestHandler]):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+    def __init__(self, handler_cls: type[BaseHTTPRequestHandler], host: str = "127.0.0.1"):
+        self.httpd = ThreadingHTTPServer((host, 0), handler_cls)
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda *a: None
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.origin = f"http://{host}:{self.httpd.server_address[1]}"
+        self.url = self.origin + "/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
 
@@ -51,3 +52,20 @@ class LocalServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(5)
+
+
+def routes_handler(routes: dict[str, tuple[int, bytes, dict[str, str]]],
+                   hits: list[tuple[str, str]]) -> type[BaseHTTPRequestHandler]:
+    """A handler class answering ``GET path`` with ``routes[path]`` = (status, body, headers), 404 otherwise; it
+    appends (path, Host header) to ``hits``, so a test can show a server was (or was never) contacted."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append((self.path, self.headers.get("Host", "")))
+            status, body, headers = routes.get(self.path, (404, b"missing", {}))
+            send_json(self, status, body, headers)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler

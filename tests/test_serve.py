@@ -55,7 +55,8 @@ IMG = png_bytes()
 def server(tiny_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
     srv = ServerProcess(tiny_model_dir, "--api-key-env", KEY_ENV, "--max-batch", "8", "--batch-window-ms", "20",
-                        "--allow-urls", "--url-timeout", "5", "--max-image-bytes", str(MAX_IMAGE_BYTES),
+                        "--allow-urls", "--allow-private-urls", "--url-timeout", "5",  # the image host is local
+                        "--max-image-bytes", str(MAX_IMAGE_BYTES),
                         "--max-image-pixels", "1000000", "--max-new-tokens", "16", "--max-tokens-cap", "64",
                         "--max-n", "8", "--threads", "1", env={KEY_ENV: API_KEY}, log_path=log)
     srv.start()

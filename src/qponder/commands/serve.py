@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
                                                              "key is read from this environment variable."),
         allow_urls: bool = typer.Option(False, "--allow-urls", help="Let requests name http(s) image URLs for "
                                                                     "the server to fetch (off: base64 only)."),
+        allow_private_urls: bool = typer.Option(False, "--allow-private-urls", help="With --allow-urls, also fetch "
+                                                "from loopback, private, link-local and other internal addresses "
+                                                "(off: refused with 400)."),
         url_timeout: float = typer.Option(10.0, help="Seconds allowed for fetching one image URL."),
         max_image_bytes: int = typer.Option(20 * 1024 * 1024, help="Largest accepted image file, in bytes."),
         max_image_pixels: int = typer.Option(40_000_000, help="Largest accepted image, in pixels (checked before "
@@ -69,7 +72,8 @@ def register(app: typer.Typer) -> None:
         config = ServeConfig(
             model=model, served_model_name=served_model_name, host=host, port=port, max_batch=max_batch,
             batch_window_ms=batch_window_ms, max_queue=max_queue, api_key=api_key, allow_urls=allow_urls,
-            url_timeout=url_timeout, max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels,
+            allow_private_urls=allow_private_urls, url_timeout=url_timeout, max_image_bytes=max_image_bytes,
+            max_image_pixels=max_image_pixels,
             min_pixels=min_pixels, max_pixels=max_pixels, max_new_tokens=max_new_tokens,
             max_tokens_cap=max_tokens_cap, temperature=temperature, top_p=top_p, max_n=max_n, device=device,
             dtype=dtype, base_model=base_model, seed=seed, graceful_timeout=graceful_timeout,

@@ -23,6 +23,7 @@ require_serve_extra()
 
 from fastapi import FastAPI  # noqa: E402
 
+from qponder.serve.bodies import DrainUnreadBody  # noqa: E402
 from qponder.serve.errors import add_error_handlers  # noqa: E402
 from qponder.serve.images import ImageLimits  # noqa: E402
 from qponder.serve.routes import chat, meta, score  # noqa: E402
@@ -42,6 +43,7 @@ class ServeConfig:
     max_queue: int = 128
     api_key: str | None = field(default=None, repr=False)
     allow_urls: bool = False
+    allow_private_urls: bool = False  # with allow_urls: also fetch from loopback/private/link-local addresses
     url_timeout: float = 10.0
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -144,6 +146,7 @@ def create_app(scorer_or_config, config: ServeConfig | None = None) -> FastAPI:
 
     app = FastAPI(title="qponder", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.add_middleware(_StatusCounter, counts=state.http_counts)
+    app.add_middleware(DrainUnreadBody, max_drain=max(2 * state.body_limit, 64 * 1024 * 1024))
     app.state.serve = state
     # The pieces callers (and tests) read directly, as before the state object existed.
     app.state.batcher = state.batcher
