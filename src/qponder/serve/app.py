@@ -26,7 +26,7 @@ from fastapi import FastAPI  # noqa: E402
 from qponder.serve.bodies import DrainUnreadBody  # noqa: E402
 from qponder.serve.errors import add_error_handlers  # noqa: E402
 from qponder.serve.images import ImageLimits  # noqa: E402
-from qponder.serve.routes import chat, meta, score  # noqa: E402
+from qponder.serve.routes import chat, meta, page, score  # noqa: E402
 from qponder.serve.state import ServeState  # noqa: E402
 
 
@@ -100,7 +100,7 @@ class _StatusCounter:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        if path not in ("/v1/score", "/v1/chat/completions", "/v1/models", "/health"):
+        if path not in ("/", "/v1/score", "/v1/chat/completions", "/v1/models", "/health"):
             path = "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
 
         async def counting_send(message):
@@ -154,6 +154,6 @@ def create_app(scorer_or_config, config: ServeConfig | None = None) -> FastAPI:
     app.state.config = config
     app.state.model_id = state.model_id
     add_error_handlers(app)
-    for routes in (meta, score, chat):
+    for routes in (meta, page, score, chat):
         app.include_router(routes.router)
     return app
