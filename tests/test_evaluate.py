@@ -49,6 +49,54 @@ def test_eval_writes_every_file(tiny_model_dir, tmp_path):
     assert saved["results"]["demo"]["n"] == 10
 
 
+def test_eval_writes_reasoning_vs_answer(tiny_model_dir, tmp_path, monkeypatch):
+    """The consistency keys come from the predictions' own reasoning through the chosen reader. The tiny model
+    writes no parsable answers, so its finished predictions are given known reasoning and answers and the
+    evaluation resumes from them (nothing is re-scored)."""
+    from qponder.metrics import CONSISTENCY_KEYS
+
+    out = tmp_path / "ev"
+    evaluate(_cfg(tiny_model_dir, out, max_samples=6, readout="generate"))
+    pred = out / "demo" / "predictions.jsonl"
+    texts = ["The quality is excellent.", "The quality is poor.", "The quality is good.", "The quality is bad.",
+             None, "The quality is fair."]
+    answers = [4.9, 4.0, 4.1, 1.0, 3.0, None]  # poor (2) answered 4.0: off by two levels
+    recs = [json.loads(x) for x in pred.read_text().splitlines()]
+    for r, t, a in zip(recs, texts, answers):
+        r.update(reasoning=t, score=a)
+    pred.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    m = evaluate(_cfg(tiny_model_dir, out, max_samples=6, readout="generate"))["demo"]
+    assert m["scored_now"] == 0
+    # pairs: excellent 5|4.9, poor 2|4.0, good 4|4.1, bad 1|1.0 (no reasoning / no answer: excluded)
+    assert m["n_consistency"] == 4
+    assert m["consistency_mae"] == pytest.approx((0.1 + 2.0 + 0.1 + 0.0) / 4)
+    assert m["off_by_more_than_one_level"] == pytest.approx(0.25)
+    assert m["distinct_answers"] == 5
+    saved = json.loads((out / "results.json").read_text())["results"]["demo"]
+    for k in CONSISTENCY_KEYS:
+        assert saved[k] == pytest.approx(m[k]), k
+    md = (out / "results.md").read_text()
+    assert "## Reasoning vs answer" in md and "consistency_srcc" in md.split("## Reasoning vs answer")[1]
+
+    # the levels reader is built by name with the model, and reads only the texts there are
+    import qponder.rewards.readers as readers
+
+    seen = []
+    monkeypatch.setitem(readers._READERS, "levels",
+                        lambda **kw: seen.append(kw) or (lambda t: seen.append(list(t)) or [4.0] * len(t)))
+    m2 = evaluate(_cfg(tiny_model_dir, out, max_samples=6, readout="generate", consistency_reader="levels",
+                       consistency_model="sft-dir"))["demo"]
+    assert seen[0] == {"model": "sft-dir", "device": "cpu", "dtype": "auto"}
+    assert sorted(seen[1]) == sorted(t for t in texts if t)
+    assert m2["n_consistency"] == 4 and m2["off_by_more_than_one_level"] == pytest.approx(0.25)  # bad (1) vs 4
+    with pytest.raises(QponderError, match="needs --consistency-model"):
+        evaluate(_cfg(tiny_model_dir, tmp_path / "x", consistency_reader="levels"))
+    with pytest.raises(QponderError, match="only used with --consistency-reader levels"):
+        evaluate(_cfg(tiny_model_dir, tmp_path / "x", consistency_model="m"))
+    levels_only = evaluate(_cfg(tiny_model_dir, tmp_path / "lo", max_samples=4, readout="levels"))["demo"]
+    assert "n_consistency" not in levels_only  # the level read-out writes no answer to compare
+
+
 def test_interrupted_eval_resumes_to_the_same_result(tiny_model_dir, tmp_path):
     full = evaluate(_cfg(tiny_model_dir, tmp_path / "full", readout="levels"))
     part_dir = tmp_path / "part"
@@ -80,6 +128,12 @@ def test_eval_cli_and_errors(tiny_model_dir, tmp_path, capsys):
     assert cli_main(["eval", "--model", str(tiny_model_dir), "--benchmarks", "koniq10k", "--data-root",
                      str(tmp_path), "--out", str(out)]) == 2
     assert "not found under" in capsys.readouterr().err
+    assert cli_main(["eval", "--model", str(tiny_model_dir), "--benchmarks", "demo", "--out", str(out),
+                     "--consistency-reader", "levels"]) == 2
+    assert "needs --consistency-model" in capsys.readouterr().err
+    assert cli_main(["eval", "--model", str(tiny_model_dir), "--benchmarks", "demo", "--out", str(out),
+                     "--consistency-reader", "nope"]) == 2
+    assert "unknown consistency reader 'nope'" in capsys.readouterr().err
 
 
 def test_eval_on_a_pyiqa_layout(tiny_model_dir, tmp_path):

@@ -517,3 +517,113 @@ def test_cli_rejects_non_finite_fill(tmp_path, capsys):
     path = _write_csv(tmp_path / "s.csv", ["score", "mos"], [(1, 1), (2, 2), (3, 3)])
     rc, _, err = _run(capsys, path, "--fill", "nan")
     assert rc == 2 and "error: --fill must be a finite number" in err
+
+
+# ------------------------------------------------------------------------------ reasoning vs answer, diversity
+
+
+def test_level_index_rounds_half_up_and_clips():
+    assert [M.level_index(v) for v in (0.2, 1.0, 1.49, 1.5, 2.5, 3.49, 3.5, 4.5, 5.0, 7.0)] == \
+        [1, 1, 1, 2, 3, 3, 4, 5, 5, 5]
+
+
+def test_consistency_hand_computed():
+    s_r = [1.0, 2.0, 3.0, 4.0]
+    ans = [1.2, 2.5, 4.6, 3.9]
+    out = M.consistency_summary(s_r, ans)
+    assert out["n_consistency"] == 4
+    assert out["consistency_srcc"] == pytest.approx(0.8)  # ranks 1 2 3 4 vs 1 2 4 3: 1 - 6*2/(4*15)
+    assert out["consistency_mae"] == pytest.approx((0.2 + 0.5 + 1.6 + 0.1) / 4)
+    # levels: 1|1, 2|3 (2.5 rounds up), 3|5 (two apart), 4|4 -> one answer of four is more than a level away
+    assert out["off_by_more_than_one_level"] == pytest.approx(0.25)
+    assert out["distinct_answers"] == 4
+    # bins [1,1.25) [2.5,2.75) [3.75,4) [4.5,4.75): four bins used once each -> 2 bits
+    assert out["answer_entropy_bits"] == pytest.approx(2.0)
+    assert tuple(out) == M.CONSISTENCY_KEYS
+
+
+def test_one_level_apart_is_not_off_but_two_are():
+    with pytest.warns(M.MetricWarning, match="reasoning scores are constant"):
+        out = M.consistency_summary([2.0, 2.0, 2.0], [3.4, 3.5, 1.0])  # levels 3 (ok), 4 (off), 1 (ok)
+    assert out["off_by_more_than_one_level"] == pytest.approx(1 / 3)
+
+
+def test_collapsed_and_uniform_answer_sets():
+    collapsed = M.answer_diversity([1.0] * 20 + [1.001, None, float("nan")])  # 1.001 writes as 1.00
+    assert collapsed == {"distinct_answers": 1, "answer_entropy_bits": 0.0}
+    centres = list(np.arange(16) * 0.25 + 1.125)  # one answer in each of the 16 bins, 5.0 in the last
+    assert M.answer_diversity(centres[:-1] + [5.0]) == {"distinct_answers": 16, "answer_entropy_bits":
+                                                         pytest.approx(4.0)}
+    half = M.answer_diversity([1.0, 1.1, 4.9, 5.0])  # two bins, two answers each -> 1 bit; out-of-range clipped
+    assert half["answer_entropy_bits"] == pytest.approx(1.0)
+    assert M.answer_diversity([0.0, 9.0])["answer_entropy_bits"] == pytest.approx(1.0)
+    empty = M.answer_diversity([None, None])
+    assert empty["distinct_answers"] == 0 and math.isnan(empty["answer_entropy_bits"])
+
+
+def test_consistency_excludes_and_counts_missing_pairs():
+    s_r = [1.0, None, 3.0, float("nan"), 5.0, 2.0]
+    ans = [1.0, 2.0, None, 4.0, 4.0, 2.0]
+    out = M.consistency_summary(s_r, ans)
+    assert out["n_consistency"] == 3  # (1,1), (5,4), (2,2)
+    assert out["consistency_mae"] == pytest.approx(1 / 3)
+    assert out["consistency_srcc"] == pytest.approx(1.0)
+    assert out["off_by_more_than_one_level"] == 0.0
+    assert out["distinct_answers"] == 3  # 1.00, 2.00, 4.00 among the five parsed answers
+    with pytest.warns(M.MetricWarning, match="d: consistency SRCC is NaN: only 1 valid reasoning/answer pair"):
+        few = M.consistency_summary([None, 2.0], [3.0, 2.0], name="d")
+    assert few["n_consistency"] == 1 and math.isnan(few["consistency_srcc"]) and few["consistency_mae"] == 0.0
+    with pytest.warns(M.MetricWarning, match="answers are constant"):
+        const = M.consistency_summary([1.0, 2.0, 3.0], [3.0, 3.0, 3.0])
+    assert math.isnan(const["consistency_srcc"]) and const["off_by_more_than_one_level"] == pytest.approx(1 / 3)
+    with pytest.warns(M.MetricWarning):
+        none = M.consistency_summary([None, None], [1.0, 2.0])
+    assert none["n_consistency"] == 0 and math.isnan(none["consistency_mae"])
+    assert math.isnan(none["off_by_more_than_one_level"]) and none["distinct_answers"] == 2
+
+
+def test_implied_scores_reads_only_texts_there_are():
+    seen = []
+
+    def reader(texts):
+        seen.append(list(texts))
+        return [float(len(t)) for t in texts]
+
+    assert M.implied_scores(reader, ["ab", None, "", "abc"]) == [2.0, None, None, 3.0]
+    assert seen == [["ab", "abc"]]
+    assert M.implied_scores(reader, [None]) == [None] and len(seen) == 1
+
+
+def test_cli_reports_reasoning_vs_answer_when_the_file_has_reasoning(tmp_path, capsys):
+    from qponder.rewards.readers import lexicon_score
+
+    texts = ["The image is sharp and the quality is excellent.", "Heavy blur and noise; the quality is poor.",
+             "The quality is good, with fine detail.", "The quality is bad, badly underexposed.",
+             "", "The quality is fair."]
+    answers = [4.8, 4.2, 3.9, 1.2, 3.0, None]
+    recs = [{"dataset": "a" if i < 4 else "b", "score": s, "mos": 1.0 + i * 0.5, "reasoning": t}
+            for i, (t, s) in enumerate(zip(texts, answers))]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rc, out, err = _run(capsys, path, "--json")
+    assert rc == 0, err
+    data = json.loads(out)
+    s_r = [lexicon_score(t) for t in texts[:4]]
+    assert s_r[1] < 2.5 < 4.0 < s_r[0]  # the poor reasoning answered 4.2: two levels away
+    ref = M.consistency_summary(s_r, answers[:4])
+    for k in M.CONSISTENCY_KEYS:
+        assert data["a"][k] == pytest.approx(ref[k]), k
+    assert data["a"]["off_by_more_than_one_level"] == pytest.approx(0.25)
+    assert data["b"]["n_consistency"] == 0 and data["b"]["distinct_answers"] == 1  # empty reasoning, null answer
+    assert data["mean"]["consistency_mae"] is None  # b has none: a NaN mean stays NaN
+    rc, out, err = _run(capsys, path)
+    assert rc == 0
+    second = out.split("reasoning vs answer", 1)[1].splitlines()
+    assert second[1].split() == ["dataset", *M.CONSISTENCY_KEYS]
+    assert second[3].split()[:2] == ["a", "4"] and second[4].split()[:2] == ["b", "0"]
+    # a file without reasoning: no consistency keys, no second table
+    plain = _write_csv(tmp_path / "plain.csv", ["score", "mos"], [(1, 1), (2, 2.5), (3, 2.9)])
+    rc, out, _ = _run(capsys, plain, "--json")
+    assert set(json.loads(out)["all"]) == set(M.SUMMARY_KEYS)
+    rc, out, _ = _run(capsys, plain)
+    assert "reasoning vs answer" not in out

@@ -5,7 +5,10 @@ appended as images are scored, so a killed evaluation resumes where it stopped a
 uninterrupted one (fixed batch plan, per-batch seeds; see ``qponder.infer``). Unparsable answers are excluded from
 the correlations and counted (``parse_failure_rate``), never replaced by a random score. Results: ``results.json``,
 ``results.md`` (rows = benchmarks, columns = metrics, plus the unweighted mean over benchmarks) and
-``<name>/scatter.png`` (prediction vs MOS with the fitted 4-parameter logistic).
+``<name>/scatter.png`` (prediction vs MOS with the fitted 4-parameter logistic). With generated answers (readout
+generate/both) each benchmark also gets :func:`qponder.metrics.consistency_summary`: the answer against the score its
+own reasoning implies (``consistency_reader``: ``lexicon``, or ``levels`` with ``consistency_model``) and the answers'
+diversity, in results.json and a second results.md table.
 
 Under ``accelerate launch`` / ``torchrun`` every process scores its share of each benchmark (``qponder.infer``'s
 sharding); rank 0 merges the predictions, then computes all metrics and reports, so the other processes never wait
@@ -25,6 +28,9 @@ from qponder.errors import QponderError
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["n", "n_valid", "parse_failure_rate", "srcc", "krcc", "plcc", "plcc_logistic4", "rmse"]
+CONSISTENCY_NOTE = ("s_r is the score the reasoning alone implies ({reader} reader); pairs missing s_r or the answer "
+                    "are excluded (the rest counted in n_consistency); a level is the score rounded half up to 1-5; "
+                    "distinct answers at 2 decimals, entropy of the 0.25-wide bins over [1, 5].")
 
 
 @dataclass
@@ -53,6 +59,8 @@ class EvalSettings:
     judge_model: str = "judge"
     judge_api_key_env: Optional[str] = None
     judge_max_samples: Optional[int] = None
+    consistency_reader: str = "lexicon"  # reasoning -> implied score for the consistency metrics: lexicon | levels
+    consistency_model: Optional[str] = None  # levels reader: the model that reads the reasoning (e.g. the SFT model)
     progress: bool = True
 
 
@@ -105,7 +113,7 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
     """Run the evaluation; returns ``{benchmark: metrics}`` and writes the files described in the module doc."""
     from qponder.infer import current_shard, score_files
     from qponder.io import read_jsonl, write_json_atomic, write_text_atomic
-    from qponder.metrics import summarize
+    from qponder.metrics import CONSISTENCY_KEYS, consistency_summary, implied_scores, summarize
     from qponder.report import markdown_table, scatter_plot
 
     if not cfg.benchmarks:
@@ -121,6 +129,9 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
     # Resolve every benchmark before loading the model: a wrong path fails in a second, not after the first set.
     per_bench = {b: benchmark_samples(b, cfg.data_root, cfg.split, cfg.max_samples, cfg.demo_seed)
                  for b in cfg.benchmarks}
+    # Built before scoring on every process (a levels model loads on first use, by rank 0 alone), so a wrong reader
+    # name or a levels reader without a model fails in a second, everywhere.
+    reader = consistency_reader(cfg) if cfg.readout != "levels" else None
     if scorer is None:
         scorer = make_scorer(cfg, shard.world, shard.device(cfg.device))
     scored = {}  # every benchmark scored first (all processes), then the reports (rank 0 alone)
@@ -157,6 +168,9 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
         if cfg.readout == "both":
             summary["levels"] = summarize([records[w].get("levels_score") if w in records else None
                                            for w in wanted], mos)
+        if reader is not None:  # the level-only read-out writes no answer of its own to compare
+            texts = [records[w].get("reasoning") if w in records else None for w in wanted]
+            summary.update(consistency_summary(implied_scores(reader, texts), preds, name=bench))
         summary["seconds"] = round(seconds + time.time() - t0, 2)  # scoring + reading back + metrics
         summary["scored_now"] = stats.scored
         if cfg.judge_url:
@@ -176,8 +190,31 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
               f"{cfg.samples}, temperature: {cfg.temperature}. SRCC/KRCC/PLCC exclude unparsable answers "
               f"(counted in parse_failure_rate); plcc_logistic4 is PLCC after the VQEG 4-parameter logistic fit; "
               f"RMSE on the 1-5 scale.\n\n")
+    if reader is not None:
+        table += (f"\n## Reasoning vs answer\n\n{CONSISTENCY_NOTE.format(reader=cfg.consistency_reader)}\n\n"
+                  + markdown_table(results, columns=list(CONSISTENCY_KEYS)))
     write_text_atomic(header + table + "\n", out / "results.md")
     return results
+
+
+def consistency_reader(cfg: EvalSettings):
+    """The reader behind the consistency metrics (``qponder.rewards.readers``, the same readers the consistency
+    reward uses, so eval measures what GRPO optimised): ``lexicon``, or ``levels`` reading with
+    ``consistency_model`` on the evaluation's device."""
+    from qponder.rewards.readers import build_reader
+
+    params: dict[str, Any] = {}
+    if cfg.consistency_model:
+        params["model"] = cfg.consistency_model
+    if cfg.consistency_reader == "levels":
+        if not cfg.consistency_model:
+            raise QponderError("--consistency-reader levels needs --consistency-model (the model that reads the "
+                               "reasoning, normally the SFT checkpoint)")
+        params.update(device=cfg.device, dtype=cfg.dtype)
+    elif cfg.consistency_model:
+        raise QponderError(f"--consistency-model is only used with --consistency-reader levels, not "
+                           f"{cfg.consistency_reader!r}")
+    return build_reader(cfg.consistency_reader, **params)
 
 
 def make_scorer(cfg: EvalSettings, processes: int = 1, device: str | None = None):

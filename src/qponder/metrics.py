@@ -25,6 +25,9 @@ score). Here every convention is explicit and reported next to the numbers:
 * Failed parses (None/NaN predictions) are excluded from every metric and counted (``n_valid``,
   ``parse_failure_rate``); with ``fill`` they are replaced by that fixed value instead -- never a random one.
 * Fewer than 3 valid pairs, or constant predictions/MOS, give NaN and a :class:`MetricWarning`, never an exception.
+* :func:`consistency_summary` compares each answer with the score its own reasoning implies (s_r, from a reader in
+  ``qponder.rewards.readers``, called by the caller) and measures how varied the answers are -- a model that writes
+  one reasoning and answers something else, or always answers 3.50, can still rank well.
 """
 
 from __future__ import annotations
@@ -45,9 +48,15 @@ __all__ = [
     "MAXFEV",
     "MEAN_KEY",
     "MIN_PAIRS",
+    "CONSISTENCY_KEYS",
+    "ENTROPY_BINS",
     "MetricWarning",
     "SUMMARY_KEYS",
+    "answer_diversity",
+    "consistency_summary",
+    "level_index",
     "fit_logistic4",
+    "implied_scores",
     "krcc",
     "logistic4",
     "logistic4_p0",
@@ -82,6 +91,18 @@ SUMMARY_KEYS = (
     "rmse",
 )
 _CORRELATIONS = ("srcc", "krcc", "plcc", "plcc_logistic4")
+CONSISTENCY_KEYS = (
+    "n_consistency",
+    "consistency_srcc",
+    "consistency_mae",
+    "off_by_more_than_one_level",
+    "distinct_answers",
+    "answer_entropy_bits",
+)
+"""Keys of :func:`consistency_summary` (reasoning vs answer, then answer diversity)."""
+_CONSISTENCY_AVERAGED = ("consistency_srcc", "consistency_mae", "off_by_more_than_one_level")
+ENTROPY_BINS = np.linspace(1.0, 5.0, 17)
+"""Edges of the answer histogram behind ``answer_entropy_bits``: 16 bins 0.25 wide over [1, 5] (4 bits at most)."""
 
 
 class MetricWarning(UserWarning):
@@ -393,16 +414,96 @@ def summarize(
     return out
 
 
+def level_index(score: float) -> int:
+    """The 1-5 level a score stands for (1 bad, 2 poor, 3 fair, 4 good, 5 excellent): the score rounded half up and
+    clipped to [1, 5], so 3.5 is "good" and 3.49 "fair" (Python's ``round`` would send 2.5 down and 3.5 up)."""
+    return int(min(5.0, max(1.0, math.floor(float(score) + 0.5))))
+
+
+def answer_diversity(answers: Sequence[float | None] | np.ndarray) -> dict[str, Any]:
+    """How varied the answers are: a collapsed model (every answer 3.50) can keep a fair SRCC on ties alone.
+
+    ``distinct_answers`` counts distinct answers rounded to 2 decimals (as the model writes them);
+    ``answer_entropy_bits`` is the Shannon entropy (bits) of their histogram over :data:`ENTROPY_BINS` (values
+    outside [1, 5] clipped into the end bins): 0 for one bin, 4 for all 16 equally used. None/NaN answers are left
+    out; with none left the entropy is NaN.
+    """
+    a = _as_float_array(answers, "answers")
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return {"distinct_answers": 0, "answer_entropy_bits": math.nan}
+    counts, _ = np.histogram(np.clip(a, 1.0, 5.0), bins=ENTROPY_BINS)
+    p = counts[counts > 0] / a.size
+    return {"distinct_answers": int(np.unique(np.round(a, 2)).size),
+            "answer_entropy_bits": float(max(0.0, -np.dot(p, np.log2(p))))}
+
+
+def implied_scores(reader: Any, texts: Sequence[str | None]) -> list[float | None]:
+    """s_r per text from ``reader`` (``list[str] -> list[float | None]``), None where there is no reasoning: only
+    non-empty texts are read, since a model reader would still put a number on an empty one."""
+    idx = [i for i, t in enumerate(texts) if isinstance(t, str) and t]
+    out: list[float | None] = [None] * len(texts)
+    if idx:
+        for i, v in zip(idx, reader([texts[i] for i in idx])):
+            out[i] = v
+    return out
+
+
+def consistency_summary(
+    reasoning_scores: Sequence[float | None] | np.ndarray,
+    answers: Sequence[float | None] | np.ndarray,
+    *,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Does each answer follow from its own reasoning? Keys: see :data:`CONSISTENCY_KEYS`.
+
+    ``reasoning_scores[i]`` is s_r, the score the i-th reasoning alone implies (None where the reader cannot tell
+    or there is no reasoning); ``answers[i]`` is the answer ŝ (None for an unparsable one). Pairs missing either are
+    left out of the three reasoning-vs-answer numbers and the rest counted in ``n_consistency``:
+
+    * ``consistency_srcc``: SRCC(s_r, ŝ); NaN + :class:`MetricWarning` when undefined, as :func:`srcc`;
+    * ``consistency_mae``: mean |s_r - ŝ| on the 1-5 scale;
+    * ``off_by_more_than_one_level``: share of pairs with ``|level_index(ŝ) - level_index(s_r)| > 1``, where
+      :func:`level_index` rounds half up to the 1-5 level (bad .. excellent). With the ``lexicon`` reader s_r is the
+      level word(s) the reasoning states (blended with its defect words), so this counts answers two or more levels
+      from the reasoning's verdict, e.g. "the quality is poor" (2) answered 4.10 (good).
+
+    ``distinct_answers`` and ``answer_entropy_bits`` (:func:`answer_diversity`) use every parsed answer.
+    """
+    r, a = _pairs(reasoning_scores, answers)
+    out: dict[str, Any] = {"n_consistency": int(r.size)}
+    reason = _degenerate(r, a)
+    if reason:
+        reason = reason.replace("prediction/MOS", "reasoning/answer").replace("predictions", "reasoning scores")
+        _warn(f"consistency SRCC is NaN: {reason.replace('MOS values', 'answers')}", name)
+        out["consistency_srcc"] = math.nan
+    else:
+        out["consistency_srcc"] = _spearman(r, a)
+    if r.size:
+        out["consistency_mae"] = float(np.mean(np.abs(r - a)))
+        lr = np.clip(np.floor(r + 0.5), 1.0, 5.0)  # level_index, vectorised
+        la = np.clip(np.floor(a + 0.5), 1.0, 5.0)
+        out["off_by_more_than_one_level"] = float(np.mean(np.abs(lr - la) > 1.0))
+    else:
+        out["consistency_mae"] = out["off_by_more_than_one_level"] = math.nan
+    out.update(answer_diversity(answers))
+    return out
+
+
 def mean_summary(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Unweighted mean over datasets of SRCC, KRCC, PLCC and logistic PLCC -- the literature's "average" column.
 
     Each dataset counts once whatever its size (so a 866-image CSIQ weighs as much as a 5k PIPAL), and a NaN
     in any dataset makes that mean NaN rather than silently averaging fewer datasets. A key named
-    :data:`MEAN_KEY` in ``results`` is ignored. Counts and RMSE are not averaged.
+    :data:`MEAN_KEY` in ``results`` is ignored. Counts and RMSE are not averaged. When every dataset has
+    :func:`consistency_summary` keys, their rates are averaged the same way (not the answer-diversity counts).
     """
     rows = [r for k, r in results.items() if k != MEAN_KEY]
     out: dict[str, Any] = {"n_datasets": len(rows)}
-    for key in _CORRELATIONS:
+    averaged = _CORRELATIONS
+    if rows and all("consistency_srcc" in r for r in rows):  # files with reasoning only: others keep their keys
+        averaged += _CONSISTENCY_AVERAGED
+    for key in averaged:
         vals = [_to_float(r.get(key)) for r in rows]
         out[key] = math.fsum(vals) / len(vals) if vals and all(math.isfinite(v) for v in vals) else math.nan
     statuses = {k: r.get("plcc_logistic_fit", FIT_OK) for k, r in results.items() if k != MEAN_KEY}
@@ -424,17 +525,25 @@ def _to_float(v: Any) -> float:
 # ------------------------------------------------------------------------------------------------ score files
 
 
-def summarize_file(path: str | os.PathLike[str], fill: float | None = None) -> dict[str, dict[str, Any]]:
+def summarize_file(
+    path: str | os.PathLike[str], fill: float | None = None, *, reader: Any = None
+) -> dict[str, dict[str, Any]]:
     """:func:`summarize` per dataset of a score file, plus a :data:`MEAN_KEY` row when there are several.
 
-    The file is read by :func:`qponder.data.predictions.read_scores`, which refuses a dataset named ``MEAN_KEY``.
+    The file is read by :func:`qponder.data.predictions.read_scores_and_reasoning`, which refuses a dataset named
+    ``MEAN_KEY``. With ``reader`` (``list[str] -> list[float | None]``, see ``qponder.rewards.readers``) and a file
+    that has a ``reasoning`` field, each dataset also gets :func:`consistency_summary` of the reasonings' scores
+    against the answers as written (``fill`` does not apply there: a filled value is not the model's answer).
     """
-    from qponder.data.predictions import read_scores  # here, so importing the metrics does not load the data layer
+    from qponder.data.predictions import read_scores_and_reasoning  # here: importing metrics stays light
 
-    groups = read_scores(path, reserved={MEAN_KEY: "the across-datasets mean"})
+    groups, reasoning = read_scores_and_reasoning(path, reserved={MEAN_KEY: "the across-datasets mean"})
     results: dict[str, dict[str, Any]] = {
         ds: summarize(scores, mos, fill=fill, name=ds) for ds, (scores, mos) in groups.items()
     }
+    if reader is not None and reasoning is not None:
+        for ds, texts in reasoning.items():
+            results[ds].update(consistency_summary(implied_scores(reader, texts), groups[ds][0], name=ds))
     if len(results) > 1:
         results[MEAN_KEY] = mean_summary(results)
     return results

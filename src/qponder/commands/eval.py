@@ -28,6 +28,10 @@ def register(app: typer.Typer) -> None:
                                                                       "model is split over"),
         judge: Optional[str] = typer.Option(None, "--judge", help="= judge_url: OpenAI-compatible base URL of a "
                                                                  "judge model rating the descriptions"),
+        consistency_reader: Optional[str] = typer.Option(None, help="= consistency_reader: what reads the score "
+                                                                     "a reasoning implies, lexicon | levels"),
+        consistency_model: Optional[str] = typer.Option(None, help="= consistency_model: model the levels reader "
+                                                                   "reads the reasoning with (the SFT model)"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with any EvalSettings fields."),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any field: --set max_new_tokens=512"),
     ) -> None:
@@ -41,7 +45,8 @@ def register(app: typer.Typer) -> None:
         fields = {"model": model, "data_root": data_root, "split": split, "max_samples": max_samples,
                   "out": out, "samples": samples, "temperature": temperature, "readout": readout,
                   "batch_size": batch_size, "backend": backend, "tensor_parallel_size": tensor_parallel_size,
-                  "judge_url": judge,
+                  "judge_url": judge, "consistency_reader": consistency_reader,
+                  "consistency_model": consistency_model,
                   "benchmarks": benchmarks.split(",") if benchmarks else None}
         cfg = load_config(EvalSettings, config, cli_overrides(set_, fields))
         if not cfg.model:

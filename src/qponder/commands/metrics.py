@@ -11,7 +11,11 @@ _HELP = (
     "Agreement of predicted scores with MOS, per dataset: n, n_valid, parse-failure rate, SRCC, KRCC, PLCC (raw), "
     "PLCC after the VQEG 4-parameter logistic, and RMSE of raw scores vs MOS (no fit).\n\n"
     'With several datasets a "mean" row gives the unweighted mean over datasets of the correlations. There is no '
-    "pooled row: pooling datasets with different MOS distributions gives a number nobody reports."
+    "pooled row: pooling datasets with different MOS distributions gives a number nobody reports.\n\n"
+    "When the file has a 'reasoning' field (predictions.jsonl from qponder eval does), a second table compares each "
+    "answer with the score its reasoning implies (lexicon reader): SRCC, mean absolute difference, the share of "
+    "answers more than one level away from the reasoning's level, and the answers' diversity (distinct values, "
+    "entropy in bits)."
 )
 
 
@@ -37,14 +41,15 @@ def register(app: typer.Typer) -> None:
 
         from qponder.errors import QponderError
         from qponder.io import json_dumps
-        from qponder.metrics import summarize_file
+        from qponder.metrics import CONSISTENCY_KEYS, summarize_file
         from qponder.report import text_table
+        from qponder.rewards.readers import build_reader
 
         if fill is not None and not math.isfinite(fill):
             raise QponderError(f"--fill must be a finite number, got {fill}")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            results = summarize_file(file, fill=fill)
+            results = summarize_file(file, fill=fill, reader=build_reader("lexicon"))
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
         if as_json:
@@ -54,3 +59,7 @@ def register(app: typer.Typer) -> None:
         how = f"failed parses scored as {fill:g}" if fill is not None else "failed parses excluded"
         typer.echo(f"{file}: {n_rows} rows; {how}; RMSE on raw scores vs MOS")
         typer.echo(text_table(results), nl=False)
+        if any("n_consistency" in r for r in results.values()):
+            typer.echo("\nreasoning vs answer (s_r: lexicon reader; rows missing either excluded, the rest counted "
+                       "in n_consistency); answers: distinct at 2 decimals, entropy of 0.25-wide bins over [1, 5]")
+            typer.echo(text_table(results, columns=list(CONSISTENCY_KEYS)), nl=False)

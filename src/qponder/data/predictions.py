@@ -17,7 +17,7 @@ from typing import Any
 from qponder.errors import QponderError
 from qponder.io import iter_jsonl
 
-__all__ = ["read_scores"]
+__all__ = ["read_scores", "read_scores_and_reasoning"]
 
 _MISSING_SCORE = {"", "nan", "null", "none", "na", "n/a"}
 
@@ -79,8 +79,10 @@ class _Groups:
     def __init__(self, reserved: Mapping[str, str]) -> None:
         self.groups: dict[str, tuple[list[float | None], list[float]]] = {}
         self.reserved = reserved
+        self.reasoning: dict[str, list[str | None]] = {}
+        self.has_reasoning = False
 
-    def add(self, where: Any, dataset: Any, score: Any, mos: Any) -> None:
+    def add(self, where: Any, dataset: Any, score: Any, mos: Any, reasoning: Any = None) -> None:
         if dataset is None:
             ds = "all"
         else:
@@ -107,6 +109,7 @@ class _Groups:
             group = self.groups[ds] = ([], [])
         group[0].append(v)
         group[1].append(m)
+        self.reasoning.setdefault(ds, []).append(reasoning if isinstance(reasoning, str) and reasoning else None)
 
 
 def _read_csv(path: Path, kind: str, acc: _Groups) -> None:
@@ -124,7 +127,9 @@ def _read_csv(path: Path, kind: str, acc: _Groups) -> None:
                 raise QponderError(f"{path}:1: no '{name}' column (header: {', '.join(header) or 'empty'})")
         si, mi = cols.index("score"), cols.index("mos")
         di = cols.index("dataset") if "dataset" in cols else None
-        need = max(si, mi, -1 if di is None else di) + 1
+        ri = cols.index("reasoning") if "reasoning" in cols else None
+        acc.has_reasoning = ri is not None
+        need = max(si, mi, -1 if di is None else di, -1 if ri is None else ri) + 1
 
         def where() -> str:
             return f"{path}:{reader.line_num}"
@@ -134,7 +139,7 @@ def _read_csv(path: Path, kind: str, acc: _Groups) -> None:
                 continue  # blank line
             if len(row) < need:
                 row = row + [""] * (need - len(row))
-            acc.add(where, None if di is None else row[di], row[si], row[mi])
+            acc.add(where, None if di is None else row[di], row[si], row[mi], None if ri is None else row[ri])
 
 
 def _read_jsonl(path: Path, acc: _Groups) -> None:
@@ -153,19 +158,30 @@ def _read_jsonl(path: Path, acc: _Groups) -> None:
             which = "has no" if has_dataset else "has a"
             raise QponderError(f"{path}:{line}: {which} 'dataset' field, unlike the first record")
         ds = (rec["dataset"] if rec["dataset"] is not None else "") if has_dataset else None
-        acc.add(lambda line=line: f"{path}:{line}", ds, rec["score"], rec["mos"])
+        if "reasoning" in rec:
+            acc.has_reasoning = True
+        acc.add(lambda line=line: f"{path}:{line}", ds, rec["score"], rec["mos"], rec.get("reasoning"))
 
 
 def read_scores(
     path: str | os.PathLike[str], *, reserved: Mapping[str, str] | None = None
 ) -> dict[str, tuple[list[float | None], list[float]]]:
+    """The scores and MOS of :func:`read_scores_and_reasoning`, without the reasoning."""
+    return read_scores_and_reasoning(path, reserved=reserved)[0]
+
+
+def read_scores_and_reasoning(
+    path: str | os.PathLike[str], *, reserved: Mapping[str, str] | None = None
+) -> tuple[dict[str, tuple[list[float | None], list[float]]], dict[str, list[str | None]] | None]:
     """Read ``score`` (prediction, empty/null = unparsable) and ``mos`` (+ optional ``dataset``) columns.
 
     CSV (``.csv``; ``.tsv`` tab-separated) or JSON Lines (``.jsonl``/``.ndjson``; other names are sniffed).
     Returns ``{dataset: (scores, mos)}`` in order of first appearance; without a ``dataset`` column everything is
-    one dataset named ``"all"``. ``reserved`` maps dataset names the caller needs for rows of its own (e.g.
-    ``summarize_file``'s ``"mean"``) to what they are for; a file that uses one is an error. Problems raise
-    :class:`QponderError` naming ``file:line``.
+    one dataset named ``"all"``. The second item holds each row's ``reasoning`` text (None where empty or not a
+    string) in the same order -- what ``qponder eval``'s predictions.jsonl carries -- or is None when no row has a
+    ``reasoning`` field/column, so a plain score file stays a score file. ``reserved`` maps dataset names the
+    caller needs for rows of its own (e.g. ``summarize_file``'s ``"mean"``) to what they are for; a file that
+    uses one is an error. Problems raise :class:`QponderError` naming ``file:line``.
     """
     path = Path(path)
     if not path.exists():
@@ -180,4 +196,4 @@ def read_scores(
         _read_csv(path, kind, acc)
     if not acc.groups:
         raise QponderError(f"{path}: no data rows")
-    return acc.groups
+    return acc.groups, (acc.reasoning if acc.has_reasoning else None)

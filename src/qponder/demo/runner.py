@@ -222,7 +222,9 @@ def _fmt(x) -> str:
 
 
 def write_report(out: Path, summary: dict) -> Path:
+    from qponder.evaluate import CONSISTENCY_NOTE
     from qponder.io import write_text_atomic
+    from qponder.metrics import CONSISTENCY_KEYS
     from qponder.report import curve_plot, markdown_table
     from qponder.train.common import read_log
 
@@ -231,6 +233,9 @@ def write_report(out: Path, summary: dict) -> Path:
     table = markdown_table(res, columns=cols, mean_row=False, first_header="stage")
     levels = markdown_table({k: v["levels"] for k, v in res.items() if "levels" in v}, columns=cols,
                             mean_row=False, first_header="stage")
+    with_reasoning = {k: v for k, v in res.items() if "n_consistency" in v}
+    consistency = markdown_table(with_reasoning, columns=list(CONSISTENCY_KEYS), mean_row=False,
+                                 first_header="stage") if with_reasoning else "(no stage has reasoning metrics)\n"
     sft_log = read_log(out / "sft")
     grpo_log = read_log(out / "grpo")
     curve_plot({"SFT loss": [(r["step"], r["loss"]) for r in sft_log if r.get("loss") is not None]},
@@ -272,6 +277,10 @@ Level read-out (probability-weighted level word after the model's own reasoning)
 
 {levels}
 
+Reasoning vs answer (does the answer follow from the model's own reasoning, and how varied are the answers?):
+{CONSISTENCY_NOTE.format(reader="lexicon")}
+
+{consistency}
 ## Stages
 
 - {vision_line}
