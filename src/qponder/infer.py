@@ -263,16 +263,19 @@ class QualityScorer:
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
+def files_in_folder(folder: Path, extensions: set[str], recursive: bool = False) -> list[str]:
+    """The folder's files with one of ``extensions`` (lower-case, with the dot), sorted."""
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return [str(f) for f in sorted(it) if f.is_file() and f.suffix.lower() in extensions]
+
+
 def expand_image_paths(inputs: Sequence[str], recursive: bool = False) -> list[str]:
     """Files as given, folders expanded to their image files (sorted). A missing path is an error."""
-    from pathlib import Path
-
     out: list[str] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            it = p.rglob("*") if recursive else p.iterdir()
-            out.extend(str(f) for f in sorted(it) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            out.extend(files_in_folder(p, IMAGE_EXTENSIONS, recursive))
         elif p.is_file():
             out.append(str(p))
         else:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
 from qponder.errors import QponderError
-from qponder.infer import QualityScorer, ScoreResult, ScoreRunStats, mean_and_std
+from qponder.infer import QualityScorer, ScoreResult, ScoreRunStats, files_in_folder, mean_and_std
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 DEFAULT_FRAMES = 8
@@ -54,13 +54,8 @@ def is_video(path: str | os.PathLike) -> bool:
 
 def find_videos(inputs: Sequence[str], recursive: bool = False) -> list[str]:
     """Video files in the folders among ``inputs`` (sorted); files named directly are the caller's to sort out."""
-    out: list[str] = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            it = p.rglob("*") if recursive else p.iterdir()
-            out.extend(str(f) for f in sorted(it) if f.is_file() and is_video(f))
-    return out
+    folders = (Path(item).expanduser() for item in inputs)
+    return [f for p in folders if p.is_dir() for f in files_in_folder(p, VIDEO_EXTENSIONS, recursive)]
 
 
 def sample_indices(pts: Sequence[int], end: int, count: int) -> list[int]:
