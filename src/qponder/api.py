@@ -15,14 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from qponder.errors import QponderError
-from qponder.infer import READOUTS, QualityScorer, ScoreResult, batch_plan
+from qponder.infer import QualityScorer, ScoreResult, batch_plan, check_readout
 
 SCORE_RANGE = (1.0, 5.0)  # the MOS scale every read-out reports on
-
-
-def _check_readout(readout: str) -> None:
-    if readout not in READOUTS:
-        raise QponderError(f"unknown readout {readout!r}; use one of {', '.join(READOUTS)}")
 
 
 def _array_to_image(arr: Any, name: str):
@@ -78,7 +73,7 @@ class Scorer:
 
     def __init__(self, scorer: QualityScorer, *, readout: str = "generate", samples: int = 1,
                  min_pixels: int | None = None, max_pixels: int | None = None):
-        _check_readout(readout)
+        check_readout(readout)
         self.scorer = scorer
         self.readout = readout
         self.samples = samples
@@ -107,7 +102,7 @@ def load_scorer(path: str | os.PathLike, *, readout: str = "generate", device: s
                 batch_size: int = 8, max_new_tokens: int = 256, min_pixels: int | None = None,
                 max_pixels: int | None = None, base_model: str | None = None) -> Scorer:
     """Load a model folder, hub id or LoRA adapter folder for scoring from Python (the options of ``qponder score``)."""
-    _check_readout(readout)  # before the (slow) model load
+    check_readout(readout)  # before the (slow) model load
     scorer = QualityScorer(str(path), device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
                            min_pixels=min_pixels, max_pixels=max_pixels, base_model=base_model)

@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 READOUTS = ("generate", "levels", "both")
 
 
+def check_readout(readout: str) -> None:
+    if readout not in READOUTS:
+        raise QponderError(f"unknown readout {readout!r}; use one of {', '.join(READOUTS)}")
+
+
 @dataclass
 class ScoreResult:
     """What `qponder score` reports for one image."""
@@ -236,8 +241,7 @@ class QualityScorer:
                     temperature: float | None = None, seed: int | None = None) -> list[ScoreResult]:
         from qponder.parsing import parse_completion
 
-        if readout not in READOUTS:
-            raise QponderError(f"unknown readout {readout!r}; use one of {', '.join(READOUTS)}")
+        check_readout(readout)
         if seed is None:
             # a per-batch seed derived from the images' names: same batch -> same samples, whatever ran before
             seed = (self.seed * 1_000_003 + zlib.crc32("\x00".join(names).encode())) % (2**31)
@@ -429,6 +433,21 @@ def _done_images(files: Sequence[Path], settings: dict, settings_id: str) -> set
     return done
 
 
+def score_settings(scorer: Any, **options: Any) -> tuple[dict[str, Any], str]:
+    """Everything that changes a prediction, and its fingerprint: a resumed output file must have been written with
+    the same ones. ``options``: the run's samples, readout, temperature (None: the scorer's), pixel budget, and any
+    other input that shapes the answers (a video's ``frames``)."""
+    from qponder.prompts import prompt_fingerprint
+
+    settings = {"model": scorer.model_name, "prompt": prompt_fingerprint(scorer.prompt), "top_p": scorer.top_p,
+                "max_new_tokens": scorer.max_new_tokens, "seed": scorer.seed,
+                "backend": getattr(scorer, "backend", type(scorer).__name__),  # HF and vLLM answers differ
+                **options}
+    if settings.get("temperature") is None:
+        settings["temperature"] = scorer.temperature
+    return settings, prompt_fingerprint(json.dumps(settings, sort_keys=True, default=str))
+
+
 def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | None = None,
                 names: Sequence[str] | None = None, samples: int = 1, readout: str = "generate",
                 temperature: float | None = None, min_pixels: int | None = None, max_pixels: int | None = None,
@@ -451,7 +470,6 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
 
     from qponder.data import load_image
     from qponder.io import append_jsonl
-    from qponder.prompts import prompt_fingerprint
 
     shard = shard or Shard()
     if shard.world > 1 and not out_path:
@@ -464,12 +482,8 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
             raise QponderError(f"the same image is listed twice in one scoring run: {n}")
         seen.add(n)
     # Everything that changes a prediction; a resumed file must have been written with the same settings.
-    settings = {"model": scorer.model_name, "prompt": prompt_fingerprint(scorer.prompt), "samples": samples,
-                "readout": readout, "temperature": scorer.temperature if temperature is None else temperature,
-                "top_p": scorer.top_p, "max_new_tokens": scorer.max_new_tokens, "seed": scorer.seed,
-                "min_pixels": min_pixels, "max_pixels": max_pixels,
-                "backend": getattr(scorer, "backend", type(scorer).__name__)}  # HF and vLLM answers differ
-    settings_id = prompt_fingerprint(json.dumps(settings, sort_keys=True, default=str))
+    settings, settings_id = score_settings(scorer, samples=samples, readout=readout, temperature=temperature,
+                                           min_pixels=min_pixels, max_pixels=max_pixels)
     leftovers = shard_files(out_path) if out_path else []
     done = _done_images([Path(out_path)] + leftovers, settings, settings_id) if out_path else set()
     stats = ScoreRunStats(skipped_done=sum(1 for n in names if n in done))

@@ -14,7 +14,6 @@ image resume and shard merging in ``qponder.infer`` pass over them, and an ``--o
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -23,7 +22,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
 from qponder.errors import QponderError
-from qponder.infer import QualityScorer, ScoreResult, ScoreRunStats, files_in_folder, mean_and_std
+from qponder.infer import (
+    QualityScorer,
+    ScoreResult,
+    ScoreRunStats,
+    files_in_folder,
+    mean_and_std,
+    score_settings,
+)
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 DEFAULT_FRAMES = 8
@@ -180,13 +186,9 @@ def score_videos(scorer: QualityScorer, paths: Sequence[str], *, out_path: str |
     from tqdm import tqdm
 
     from qponder.io import append_jsonl, read_jsonl
-    from qponder.prompts import prompt_fingerprint
 
-    settings = dict(model=scorer.model_name, prompt=prompt_fingerprint(scorer.prompt), samples=samples,
-                    readout=readout, temperature=scorer.temperature if temperature is None else temperature,
-                    top_p=scorer.top_p, max_new_tokens=scorer.max_new_tokens, seed=scorer.seed, frames=frames,
-                    min_pixels=min_pixels, max_pixels=max_pixels, backend=getattr(scorer, "backend", "?"))
-    settings_id = prompt_fingerprint(json.dumps(settings, sort_keys=True, default=str))
+    settings, settings_id = score_settings(scorer, samples=samples, readout=readout, temperature=temperature,
+                                           frames=frames, min_pixels=min_pixels, max_pixels=max_pixels)
     done: set[str] = set()
     if out_path and Path(out_path).exists():
         for r in read_jsonl(out_path):
