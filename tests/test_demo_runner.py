@@ -41,6 +41,12 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     assert not (out / "model-untrained.partial").exists()
     grpo_log = [json.loads(x) for x in (out / "grpo" / "log.jsonl").read_text().splitlines()]
     assert any("rewards/accuracy/mean" in r for r in grpo_log)
+    # stage 2 is watched on the held-out val photograph (before the first step and after the last) and its
+    # signal-free groups are counted
+    val = [json.loads(x) for x in (out / "grpo" / "val.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in val] == [0, 2] and all(r["n"] == 40 for r in val)
+    assert (out / "grpo_val.png").stat().st_size > 0
+    assert "groups whose rewards were all equal (no learning signal)" in report and "Val photograph (40" in report
 
     # a second run finds every stage done and only re-evaluates from saved predictions
     before = (out / "sft" / "final" / "model.safetensors").stat().st_mtime_ns

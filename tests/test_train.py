@@ -293,3 +293,47 @@ def test_two_process_cpu_zero3_grpo_with_the_levels_reader(sft_trained, data_fil
     assert read and all(r["rewards/consistency/eligible_frac"] > 0 and r["rewards/consistency/reader_fail_frac"] == 0
                         for r in read)
     assert list((out / "final").glob("*.safetensors")), "ZeRO-3 saved no weights to final/"
+
+
+def test_val_metrics_by_hand():
+    from qponder.train.val import VAL_KEYS, val_metrics
+
+    scores = [1.0, 2.0, None, 4.5]
+    mos = [1.5, 2.0, 3.0, 4.0]
+    reasonings = ["Overall, the quality is bad.", "Overall, the quality is poor.", None,
+                  "Overall, the quality is bad."]
+    row = val_metrics(scores, mos, reasonings)
+    assert set(row) == set(VAL_KEYS)
+    assert row["parse_failure_rate"] == 0.25
+    # linear accuracy, tau 1, a missing answer counts 0: (0.5 + 1 + 0 + 0.5) / 4
+    assert row["accuracy"] == pytest.approx(0.5)
+    assert row["distinct_answers"] == 3
+    assert row["off_by_more_than_one_level"] == pytest.approx(1 / 3)  # 4.5 (level 5) after "bad" (level 1)
+    assert val_metrics([3.0, 3.0], [1.0, 5.0], ["fair", "fair"])["srcc"] is None  # constant answers: no SRCC
+
+
+def test_grpo_val_curve_matches_independent_scoring(sft_trained, data_file, tmp_path):
+    """val.jsonl's first record (before any step) and last (after the last step) equal what `qponder score`'s
+    scorer computes from the SFT checkpoint and from GRPO's final checkpoint: the callback evaluates the model being
+    trained, greedily, and leaves the training run as it was (3 steps, padding side)."""
+    from qponder.infer import QualityScorer
+    from qponder.io import read_jsonl
+    from qponder.train.val import read_val, val_metrics
+
+    sft_out, _ = sft_trained
+    out = tmp_path / "grpo"
+    cfg = load_config(GRPOSettings, None, [
+        f"model.path={sft_out / 'final'}", f"data={data_file}", f"run.output_dir={out}", "split=train",
+        "optim.max_steps=3", "optim.batch_size=8", "optim.learning_rate=1e-3", "generation.num_generations=4",
+        "generation.max_completion_length=40", "run.logging_steps=1", "val.every=2", "val.split=train",
+        "val.max_samples=6", "val.batch_size=4"])
+    assert run_grpo(cfg)["global_step"] == 3
+    recs = read_val(out)
+    assert [r["step"] for r in recs] == [0, 2, 3] and all(r["n"] == 6 for r in recs)
+    assert recs[0]["parse_failure_rate"] < 0.5  # parsed answers: something real to compare
+    rows = list(read_jsonl(data_file))[:6]
+    images = [Image.open(r["image"]).convert("RGB") for r in rows]
+    for rec, model in ((recs[0], sft_out / "final"), (recs[-1], out / "final")):
+        got = QualityScorer(str(model), device="cpu", max_new_tokens=40).score_batch(images, [r["image_id"] for r in rows])
+        want = val_metrics([g.score for g in got], [r["mos"] for r in rows], [g.reasoning for g in got])
+        assert {k: rec[k] for k in want} == pytest.approx(want, nan_ok=True)

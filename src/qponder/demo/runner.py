@@ -44,10 +44,12 @@ class DemoSettings:
     sft_epochs: float = 2.0     # two passes over the 1,600 training images (about 4 min on 2 cores)
     sft_lr: float = 2e-3
     sft_batch_size: int = 8
-    grpo_steps: int = 30
-    grpo_lr: float = 5e-5
-    grpo_num_generations: int = 4
-    grpo_batch_size: int = 8
+    grpo_steps: int = 60        # about 4 min on 2 cores
+    grpo_lr: float = 1e-4
+    grpo_num_generations: int = 8  # group size: 8 samples per image
+    grpo_batch_size: int = 32      # completions per step: 4 distinct images x 8
+    grpo_temperature: float = 1.0
+    grpo_val_every: int = 10  # held-out evaluation on the val photograph every N GRPO steps (0: none)
     max_new_tokens: int = 160  # demo rationales are 90-140 tokens
     eval_max_samples: Optional[int] = None  # None: the whole demo test split
     eval_batch_size: int = 16
@@ -57,7 +59,7 @@ class DemoSettings:
 STAGES = ("untrained", "sft", "grpo")
 
 
-def _eval(model: Path, out: Path, cfg: DemoSettings) -> dict:
+def eval_stage(model: Path, out: Path, cfg: DemoSettings) -> dict:
     from qponder.evaluate import EvalSettings, evaluate
 
     ecfg = EvalSettings(model=str(model), benchmarks=["demo"], split="test", max_samples=cfg.eval_max_samples,
@@ -124,6 +126,28 @@ def _check_resume_settings(out: Path, cfg: DemoSettings) -> None:
         write_json_atomic(mine, path)
 
 
+#: Q-Ponder's reading of the stage-2 reward (format + accuracy + consistency; see ``qponder.rewards``).
+DEMO_REWARDS = ({"name": "format", "weight": 0.5}, {"name": "accuracy", "weight": 1.0, "params": {"tau": 1.0}},
+                {"name": "consistency", "weight": 0.5, "params": {"reader": "lexicon"}})
+
+
+def grpo_settings(cfg: DemoSettings, sft_final: Path, out: Path, rewards=None):
+    """The demo's stage-2 run from ``sft_final`` into ``out`` (``rewards``: another reward list, for ablations)."""
+    from qponder.train.grpo import GRPOSettings
+
+    return load_config(GRPOSettings, None, cli_overrides(None, {
+        "model.path": sft_final, "data": "demo", "demo_seed": cfg.seed, "split": "train",
+        "model.freeze_vision": cfg.freeze_vision, "rewards": [dict(r) for r in (rewards or DEMO_REWARDS)],
+        "run.output_dir": out, "model.dtype": "float32", "optim.max_steps": cfg.grpo_steps,
+        "optim.learning_rate": cfg.grpo_lr, "optim.batch_size": cfg.grpo_batch_size,
+        "optim.lr_scheduler": "constant", "generation.num_generations": cfg.grpo_num_generations,
+        "generation.temperature": cfg.grpo_temperature,
+        "generation.max_completion_length": cfg.max_new_tokens, "run.seed": cfg.seed, "run.logging_steps": 1,
+        "run.save_steps": 20, "run.save_total_limit": 1, "log_completions_every": 10,
+        "val.every": cfg.grpo_val_every, "val.split": "val", "val.max_samples": 40,
+        "val.batch_size": cfg.eval_batch_size}))
+
+
 def run_demo(cfg: DemoSettings) -> dict:
     import torch
 
@@ -131,7 +155,7 @@ def run_demo(cfg: DemoSettings) -> dict:
     from qponder.distill import run_distill
     from qponder.distill.config import DistillSettings
     from qponder.io import write_json_atomic
-    from qponder.train.grpo import GRPOSettings, run_grpo
+    from qponder.train.grpo import run_grpo
     from qponder.train.sft import SFTSettings, run_sft
 
     torch.manual_seed(cfg.seed)
@@ -175,7 +199,7 @@ def run_demo(cfg: DemoSettings) -> dict:
 
     results: dict[str, dict] = {}
     done = stage("eval untrained")
-    results["untrained"] = _eval(base, out / "eval-untrained", cfg)
+    results["untrained"] = eval_stage(base, out / "eval-untrained", cfg)
     done(results["untrained"]["scored_now"] > 0)
 
     done = stage("sft")
@@ -190,24 +214,17 @@ def run_demo(cfg: DemoSettings) -> dict:
             "run.save_total_limit": 1})))
     done(trained)
     done = stage("eval sft")
-    results["sft"] = _eval(sft_dir / "final", out / "eval-sft", cfg)
+    results["sft"] = eval_stage(sft_dir / "final", out / "eval-sft", cfg)
     done(results["sft"]["scored_now"] > 0)
 
     done = stage("grpo")
     grpo_dir = out / "grpo"
     trained = not (grpo_dir / "final" / "config.json").exists()
     if trained:
-        run_grpo(load_config(GRPOSettings, None, cli_overrides(None, {
-            "model.path": sft_dir / "final", "data": "demo", "demo_seed": cfg.seed, "split": "train",
-            "model.freeze_vision": cfg.freeze_vision,
-            "run.output_dir": grpo_dir, "model.dtype": "float32", "optim.max_steps": cfg.grpo_steps,
-            "optim.learning_rate": cfg.grpo_lr, "optim.batch_size": cfg.grpo_batch_size,
-            "optim.lr_scheduler": "constant", "generation.num_generations": cfg.grpo_num_generations,
-            "generation.max_completion_length": cfg.max_new_tokens, "run.seed": cfg.seed, "run.logging_steps": 1,
-            "run.save_steps": 20, "run.save_total_limit": 1, "log_completions_every": 10})))
+        run_grpo(grpo_settings(cfg, sft_dir / "final", grpo_dir))
     done(trained)
     done = stage("eval grpo")
-    results["grpo"] = _eval(grpo_dir / "final", out / "eval-grpo", cfg)
+    results["grpo"] = eval_stage(grpo_dir / "final", out / "eval-grpo", cfg)
     done(results["grpo"]["scored_now"] > 0)
 
     summary = {"settings": cfg.__dict__, "results": results, "distill": distill_stats, "seconds": timings,
@@ -219,6 +236,28 @@ def run_demo(cfg: DemoSettings) -> dict:
 
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.2f}"
+
+
+def _grpo_line(out: Path, settings: dict, grpo_log: list[dict]) -> str:
+    """One report line on stage 2: its budget, how many groups carried no signal, how the val photograph moved."""
+    import statistics
+
+    from qponder.train.val import read_val, val_curve_plot
+
+    images = settings["grpo_batch_size"] // settings["grpo_num_generations"]
+    zero = [r["frac_reward_zero_std"] for r in grpo_log if r.get("frac_reward_zero_std") is not None]
+    line = (f"GRPO: {settings['grpo_steps']} steps of {images} images x {settings['grpo_num_generations']} samples "
+            f"(temperature {settings['grpo_temperature']}); groups whose rewards were all equal (no learning "
+            f"signal): {statistics.fmean(zero):.0%} of all" if zero else "GRPO: no step logged")
+    val = read_val(out / "grpo")
+    if val_curve_plot(out / "grpo", out / "grpo_val.png", "GRPO: the held-out val photograph during training"):
+        a, b = val[0], val[-1]
+        line += (f". Val photograph ({a['n']} images, greedy) from step {a['step']} to {b['step']}: SRCC "
+                 f"{_fmt(a['srcc'])} -> {_fmt(b['srcc'])}, accuracy reward {_fmt(a['accuracy'])} -> "
+                 f"{_fmt(b['accuracy'])}, consistency SRCC {_fmt(a['consistency_srcc'])} -> "
+                 f"{_fmt(b['consistency_srcc'])}, distinct answers {a['distinct_answers']} -> "
+                 f"{b['distinct_answers']} (`grpo/val.jsonl`, `grpo_val.png`)")
+    return line
 
 
 def write_report(out: Path, summary: dict) -> Path:
@@ -245,6 +284,7 @@ def write_report(out: Path, summary: dict) -> Path:
                 for k in reward_keys} | {"total": [(r["step"], r["reward"]) for r in grpo_log
                                                      if r.get("reward") is not None]},
                out / "grpo_rewards.png", "GRPO rewards (mean per step)", "step", "reward")
+    grpo_line = _grpo_line(out, summary["settings"], grpo_log)
     d = summary.get("distill") or {}
     secs = summary["seconds"]
     meta_file = out / "model-untrained" / "qponder_tiny.json"
@@ -284,12 +324,13 @@ Reasoning vs answer (does the answer follow from the model's own reasoning, and 
 ## Stages
 
 - {vision_line}
+- {grpo_line}
 - distillation: {d.get('n_kept', '?')} of {d.get('n_decided', '?')} training images kept (tolerance
   {summary['settings']['tolerance']}; rule-teacher SRCC vs MOS {d.get('teacher_srcc', float('nan')):.3f}; every decision in
   `distill/decisions.jsonl`, dataset card `distill/README.md`)
 - time per stage (s): {', '.join(f'{k} {v}' for k, v in secs.items())}, total {round(sum(secs.values()), 1)}
 
 Plots: `eval-*/demo/scatter.png` (prediction vs MOS with the fitted logistic, per stage), `sft_loss.png`,
-`grpo_rewards.png`. Sample GRPO completions: `grpo/completions.jsonl`.
+`grpo_rewards.png`, `grpo_val.png` (the val photograph during GRPO). Sample GRPO completions: `grpo/completions.jsonl`.
 """
     return write_text_atomic(text, out / "report.md")

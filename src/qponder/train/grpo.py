@@ -23,6 +23,7 @@ from qponder.train.common import (
     trainer_common_kwargs,
     trl_args,
 )
+from qponder.train.val import ValSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class GRPOSettings:
     num_iterations: int = 1
     mask_truncated_completions: bool = False
     log_completions_every: int = 10  # write sample completions to completions.jsonl every N steps (0 = never)
+    val: ValSettings = field(default_factory=ValSettings)  # held-out evaluation every val.every steps (val.jsonl)
     merge_lora: bool = True
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(learning_rate=1e-6))
     run: RunSettings = field(default_factory=lambda: RunSettings(output_dir="runs/grpo"))
@@ -159,6 +161,19 @@ def build_rewards(specs: list[RewardSpec], out: Path, every: int) -> tuple[list[
     return funcs, list(weights)
 
 
+def val_callback(cfg: GRPOSettings, ref: dict, out: Path):
+    """The held-out evaluation (``qponder.train.val``) on ``val.split`` of ``val.data`` (default: the training
+    source), greedy, with the completion length GRPO samples with."""
+    from dataclasses import replace
+
+    from qponder.train.val import ValCallback, load_val_images
+
+    v = cfg.val
+    samples = load_grpo_samples(replace(cfg, data=v.data or cfg.data, split=v.split, max_samples=v.max_samples))
+    images = load_val_images(samples, cfg.model.min_pixels, cfg.model.max_pixels)
+    return ValCallback(ref, samples, images, v, v.max_new_tokens or cfg.generation.max_completion_length, out)
+
+
 def run_grpo(cfg: GRPOSettings, callbacks: list | None = None) -> dict:
     """Train; ``callbacks`` are extra TrainerCallbacks (benchmarks time steps with one)."""
     from trl import GRPOConfig, GRPOTrainer
@@ -178,6 +193,7 @@ def run_grpo(cfg: GRPOSettings, callbacks: list | None = None) -> dict:
         raise QponderError(
             f"batch_size x processes x grad_accum = {gen_batch} must be divisible by generation.num_generations "
             f"= {g.num_generations}")
+    cfg.val.validate()
     funcs, weights = build_rewards(cfg.rewards, out, cfg.log_completions_every)
     kw = dict(
         num_generations=g.num_generations, max_completion_length=g.max_completion_length,
@@ -195,7 +211,10 @@ def run_grpo(cfg: GRPOSettings, callbacks: list | None = None) -> dict:
     train_ds = grpo_dataset(samples, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
                             source=str(cfg.data))
     peft_cfg = lora_config(cfg.model.lora) if cfg.model.lora.enabled and not lm.is_adapter else None
+    ref: dict[str, Any] = {}
+    extra = [val_callback(cfg, ref, out)] if cfg.val.every else []
     trainer = GRPOTrainer(model=lm.model, reward_funcs=funcs, args=args, train_dataset=train_ds,
                           processing_class=lm.processor, peft_config=peft_cfg,
-                          callbacks=[JsonlLogCallback(out / "log.jsonl"), *(callbacks or [])])
+                          callbacks=[JsonlLogCallback(out / "log.jsonl"), *extra, *(callbacks or [])])
+    ref["trainer"] = trainer
     return {**train_and_save(trainer, lm, cfg, peft_cfg), "n_samples": len(samples)}

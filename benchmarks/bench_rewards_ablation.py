@@ -1,0 +1,212 @@
+"""Which stage-2 reward does what: the demo's GRPO from the same SFT checkpoint, same budget, one arm per reward.
+
+Arms (each keeps the format reward at weight 0.5, as every peer's reward does):
+
+    accuracy       format + linear accuracy max(0, 1 - |s - MOS|)
+    qponder        format + accuracy + consistency (lexicon reader): Q-Ponder's reading, the demo's stage 2
+    rank_fidelity  format + VisualQuality-R1's in-batch rank fidelity
+    threshold      format + Q-Insight's thresholded accuracy (1 if |s - MOS| < 0.35)
+
+Per seed: the demo pipeline up to SFT (``qponder.demo.runner``; its own GRPO is the ``qponder`` arm), then every
+other arm's GRPO from that seed's SFT checkpoint with the demo's GRPO settings, then the test-split evaluation.
+Per arm: SRCC, PLCC, RMSE of the greedy answers, the consistency metrics (lexicon reader) and answer diversity,
+mean +- std over seeds and the paired difference to SFT, plus the share of zero-variance reward groups and the
+val-SRCC change during GRPO. Targets (issue 15; stated and reported, never asserted): the qponder arm beats SFT on
+SRCC and PLCC in the mean and in at least 2 of 3 seeds; its mean |s_r - s| is below SFT's and the accuracy arm's;
+distinct answers on the test split >= 30 of 120; SFT SRCC >= 0.6; the whole run <= 90 minutes on 2 cores.
+Every run resumes (finished arms are kept).
+
+    python -m benchmarks.bench_rewards_ablation [--quick] [--seeds 0,1,2] [--arms qponder,accuracy,...]
+        [--out bench-out/rewards_ablation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+FORMAT = {"name": "format", "weight": 0.5}
+ARMS: dict[str, tuple[dict, ...]] = {
+    "accuracy": (FORMAT, {"name": "accuracy", "weight": 1.0, "params": {"tau": 1.0}}),
+    "qponder": (),  # the demo's own stage 2 (qponder.demo.runner.DEMO_REWARDS)
+    "rank_fidelity": (FORMAT, {"name": "rank_fidelity", "weight": 1.0}),
+    "threshold": (FORMAT, {"name": "accuracy_threshold", "weight": 1.0, "params": {"tau": 0.35}}),
+}
+METRICS = ("srcc", "plcc", "rmse", "consistency_srcc", "consistency_mae", "off_by_more_than_one_level",
+           "distinct_answers", "answer_entropy_bits", "parse_failure_rate")
+TARGET_DISTINCT = 30
+TARGET_SFT_SRCC = 0.6
+TARGET_MINUTES = 90
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _stats(values: list) -> dict:
+    vals = [v for v in values if _finite(v)]
+    return {"mean": statistics.fmean(vals) if vals else None,
+            "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0 if vals else None, "values": values}
+
+
+def grpo_dynamics(grpo_dir: Path) -> dict:
+    """From a GRPO run's logs: mean share of zero-variance groups, reward first/last third, val SRCC first/last."""
+    from qponder.train.common import read_log
+    from qponder.train.val import read_val
+
+    log = [r for r in read_log(grpo_dir) if r.get("reward") is not None]
+    val = read_val(grpo_dir)
+    k = max(len(log) // 3, 1)
+    zero = [r["frac_reward_zero_std"] for r in log if _finite(r.get("frac_reward_zero_std"))]
+    return {"zero_std_share": statistics.fmean(zero) if zero else None,
+            "reward_first_third": statistics.fmean(r["reward"] for r in log[:k]) if log else None,
+            "reward_last_third": statistics.fmean(r["reward"] for r in log[-k:]) if log else None,
+            "val_srcc_first": val[0].get("srcc") if val else None,
+            "val_srcc_last": val[-1].get("srcc") if val else None}
+
+
+def _row(result: dict) -> dict:
+    return {k: result.get(k) for k in METRICS}
+
+
+def aggregate(per_seed: dict, seeds, arms) -> tuple[dict, dict]:
+    """Mean +- std over seeds per stage and metric, and per arm the paired difference to the same seed's SFT (with
+    how many seeds went up)."""
+    table = {s: {m: _stats([per_seed[k]["results"][s].get(m) for k in seeds]) for m in METRICS}
+             for s in ("sft", *arms)}
+    paired = {}
+    for arm in arms:
+        paired[arm] = {}
+        for m in ("srcc", "plcc", "rmse", "consistency_mae"):
+            pairs = [(per_seed[k]["results"][arm].get(m), per_seed[k]["results"]["sft"].get(m)) for k in seeds]
+            diffs = [a - b for a, b in pairs if _finite(a) and _finite(b)]
+            paired[arm][m] = {**_stats(diffs), "seeds_up": sum(x > 0 for x in diffs), "n": len(diffs)}
+    return table, paired
+
+
+def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str, ...] = tuple(ARMS),
+        out: Path = Path("bench-out/rewards_ablation")) -> dict:
+    from qponder.demo.runner import DemoSettings, eval_stage, grpo_settings, run_demo
+    from qponder.train.grpo import run_grpo
+
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+    if quick:
+        seeds, out = seeds[:1], out / "quick"
+    quick_set = {"model_size": "tiny", "sft_epochs": 0.1, "grpo_steps": 2, "grpo_batch_size": 8,
+                 "grpo_num_generations": 4, "grpo_val_every": 1, "eval_max_samples": 8,
+                 "vision_pretrain_samples": 64, "vision_pretrain_epochs": 1} if quick else {}
+    t_start = time.time()
+    per_seed: dict[int, dict] = {}
+    for seed in seeds:
+        d = out / f"seed{seed}"
+        cfg = DemoSettings(out=str(d), seed=seed, progress=False, **quick_set)
+        t0 = time.time()
+        summary = run_demo(cfg)  # untrained -> SFT -> the qponder arm, with evaluations
+        rows = {"sft": _row(summary["results"]["sft"])}
+        seconds = {"demo": round(time.time() - t0, 1)}
+        dyn = {"qponder": grpo_dynamics(d / "grpo")}
+        if "qponder" in arms:
+            rows["qponder"] = _row(summary["results"]["grpo"])
+        for arm in arms:
+            if arm == "qponder":
+                continue
+            t0 = time.time()
+            arm_dir = d / f"grpo-{arm}"
+            if not (arm_dir / "final" / "config.json").exists():
+                run_grpo(grpo_settings(cfg, d / "sft" / "final", arm_dir, rewards=ARMS[arm]))
+            rows[arm] = _row(eval_stage(arm_dir / "final", d / f"eval-grpo-{arm}", cfg))
+            dyn[arm] = grpo_dynamics(arm_dir)
+            seconds[arm] = round(time.time() - t0, 1)
+        per_seed[seed] = {"results": rows, "grpo": dyn, "seconds": seconds}
+
+    table, paired = aggregate(per_seed, seeds, arms)
+    dynamics = {arm: {k: _stats([per_seed[s]["grpo"][arm][k] for s in seeds])["mean"]
+                      for k in ("zero_std_share", "reward_first_third", "reward_last_third", "val_srcc_first",
+                                "val_srcc_last")} for arm in arms}
+    minutes = (time.time() - t_start) / 60
+    targets = {}
+    if "qponder" in arms:
+        q, sft = table["qponder"], table["sft"]
+        need = len(seeds) // 2 + 1  # a majority of seeds: 2 of 3
+        targets = {
+            "qponder_srcc_above_sft_mean_and_seeds": bool(paired["qponder"]["srcc"]["mean"] is not None
+                                                          and paired["qponder"]["srcc"]["mean"] > 0
+                                                          and paired["qponder"]["srcc"]["seeds_up"] >= need),
+            "qponder_plcc_above_sft_mean_and_seeds": bool(paired["qponder"]["plcc"]["mean"] is not None
+                                                          and paired["qponder"]["plcc"]["mean"] > 0
+                                                          and paired["qponder"]["plcc"]["seeds_up"] >= need),
+            "qponder_consistency_mae_below_sft": _lt(q["consistency_mae"]["mean"], sft["consistency_mae"]["mean"]),
+            "qponder_consistency_mae_below_accuracy_arm": _lt(q["consistency_mae"]["mean"],
+                                                              table["accuracy"]["consistency_mae"]["mean"])
+            if "accuracy" in arms else None,
+            f"qponder_distinct_answers_ge_{TARGET_DISTINCT}": _ge(q["distinct_answers"]["mean"], TARGET_DISTINCT),
+        }
+    targets[f"sft_srcc_ge_{TARGET_SFT_SRCC}"] = _ge(table["sft"]["srcc"]["mean"], TARGET_SFT_SRCC)
+    targets[f"whole_run_le_{TARGET_MINUTES}_min"] = None if quick else minutes <= TARGET_MINUTES
+    result = {"seeds": list(seeds), "arms": list(arms), "quick": quick, "per_seed": per_seed, "summary": table,
+              "paired_to_sft": paired, "grpo_dynamics": dynamics, "targets": targets, "minutes": round(minutes, 1),
+              "command": "python -m benchmarks.bench_rewards_ablation" + (" --quick" if quick else "")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(result, indent=2))
+    (out / "ablation.md").write_text(markdown(result))
+    return result
+
+
+def _lt(a, b):
+    return None if a is None or b is None else a < b
+
+
+def _ge(a, b):
+    return None if a is None else a >= b
+
+
+def _pm(s: dict, digits: int = 3) -> str:
+    if s["mean"] is None:
+        return "—"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    """The README table: one row per stage/arm, mean ± std over seeds, and the paired SRCC change to SFT."""
+    t, p, dyn = result["summary"], result["paired_to_sft"], result["grpo_dynamics"]
+    head = ("| stage / arm | SRCC | PLCC | RMSE | ΔSRCC vs SFT (seeds up) | mean abs(s_r − ŝ) | off by > 1 level | "
+            "distinct answers | zero-variance groups | val SRCC during GRPO |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for name, s in t.items():
+        d = p.get(name, {}).get("srcc")
+        delta = "—" if not d or d["mean"] is None else f"{d['mean']:+.3f} ± {d['std']:.3f} ({d['seeds_up']}/{d['n']})"
+        g = dyn.get(name)
+        zero = "—" if not g or g["zero_std_share"] is None else f"{g['zero_std_share']:.0%}"
+        val = ("—" if not g or g["val_srcc_first"] is None or g["val_srcc_last"] is None
+               else f"{g['val_srcc_first']:.3f} → {g['val_srcc_last']:.3f}")
+        lines.append(f"| {name} | {_pm(s['srcc'])} | {_pm(s['plcc'])} | {_pm(s['rmse'])} | {delta} | "
+                     f"{_pm(s['consistency_mae'])} | {_pm(s['off_by_more_than_one_level'], 2)} | "
+                     f"{_pm(s['distinct_answers'], 1)} | {zero} | {val} |")
+    targets = "\n".join(f"- {k}: {'met' if v else 'not met' if v is not None else 'n/a'}"
+                        for k, v in result["targets"].items())
+    return (f"Seeds {result['seeds']}, {result['minutes']} min (`{result['command']}`)\n\n{head}"
+            + "\n".join(lines) + f"\n\nTargets:\n{targets}\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny model, one seed, 2 GRPO steps (a smoke run)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--out", type=Path, default=Path("bench-out/rewards_ablation"))
+    a = ap.parse_args(argv)
+    res = run(quick=a.quick, seeds=tuple(int(s) for s in a.seeds.split(",")),
+              arms=tuple(x for x in a.arms.split(",") if x), out=a.out)
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

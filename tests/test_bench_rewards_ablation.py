@@ -1,0 +1,44 @@
+"""``benchmarks.bench_rewards_ablation``: every arm trains from the one SFT checkpoint and is evaluated; the table and
+the targets come from the per-seed numbers (a tiny smoke run here; the real run is minutes per arm)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import bench_rewards_ablation as B
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_ablation_trains_each_arm_from_the_same_sft_checkpoint(tmp_path):
+    res = B.run(quick=True, arms=("accuracy", "rank_fidelity", "qponder"), out=tmp_path)
+    seed = tmp_path / "quick" / "seed0"
+    for arm in ("accuracy", "rank_fidelity"):
+        cfg = (seed / f"grpo-{arm}" / "grpo_config.yaml").read_text()
+        assert str(seed / "sft" / "final") in cfg and f"name: {arm}" in cfg
+        assert (seed / f"eval-grpo-{arm}" / "demo" / "predictions.jsonl").exists()
+    assert set(res["summary"]) == {"sft", "accuracy", "rank_fidelity", "qponder"}
+    assert set(res["per_seed"][0]["grpo"]) == {"accuracy", "rank_fidelity", "qponder"}
+    assert all(d["zero_std_share"] is not None for d in res["per_seed"][0]["grpo"].values())
+    saved = json.loads((tmp_path / "quick" / "ablation.json").read_text())
+    assert saved["arms"] == ["accuracy", "rank_fidelity", "qponder"]
+    assert "| rank_fidelity |" in (tmp_path / "quick" / "ablation.md").read_text()
+
+
+def test_paired_difference_to_sft_per_seed_and_the_table():
+    srcc = {0: (0.5, 0.6), 1: (0.6, 0.55), 2: (0.4, 0.5)}  # seed: (SFT, arm)
+    per_seed = {k: {"results": {"sft": {"srcc": a, "plcc": a}, "qponder": {"srcc": b, "plcc": None}}}
+                for k, (a, b) in srcc.items()}
+    table, paired = B.aggregate(per_seed, (0, 1, 2), ("qponder",))
+    assert table["qponder"]["srcc"]["mean"] == pytest.approx(0.55)
+    assert table["qponder"]["srcc"]["std"] == pytest.approx(0.0408248, abs=1e-6)  # population std over seeds
+    d = paired["qponder"]["srcc"]
+    assert d["mean"] == pytest.approx(0.05) and d["seeds_up"] == 2 and d["n"] == 3
+    assert paired["qponder"]["plcc"]["n"] == 0 and paired["qponder"]["plcc"]["mean"] is None  # no PLCC to pair
+    md = B.markdown({"summary": table, "paired_to_sft": paired, "grpo_dynamics": {}, "targets": {"x": True},
+                     "seeds": [0, 1, 2], "minutes": 1.0, "command": "c"})
+    row = next(line for line in md.splitlines() if line.startswith("| qponder"))
+    assert "0.550 ± 0.041" in row and "+0.050 ± 0.071 (2/3)" in row
+    assert "- x: met" in md
