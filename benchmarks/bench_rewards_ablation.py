@@ -38,7 +38,8 @@ ARMS: dict[str, tuple[dict, ...]] = {
     "threshold": (FORMAT, {"name": "accuracy_threshold", "weight": 1.0, "params": {"tau": 0.35}}),
 }
 METRICS = ("srcc", "plcc", "rmse", "consistency_srcc", "consistency_mae", "off_by_more_than_one_level",
-           "distinct_answers", "answer_entropy_bits", "parse_failure_rate")
+           "distinct_answers", "answer_entropy_bits", "parse_failure_rate",
+           "expected_srcc", "expected_plcc", "expected_distinct")  # expected_*: the expected-answer read-out
 TARGET_DISTINCT = 30
 TARGET_SFT_SRCC = 0.6
 TARGET_MINUTES = 90
@@ -71,7 +72,11 @@ def grpo_dynamics(grpo_dir: Path) -> dict:
 
 
 def _row(result: dict) -> dict:
-    return {k: result.get(k) for k in METRICS}
+    """One stage's numbers from its eval summary (readout both: the greedy answer plus the read-outs)."""
+    expected = result.get("expected") or {}
+    row = {k: result.get(k) for k in METRICS if not k.startswith("expected_")}
+    return row | {"expected_srcc": expected.get("srcc"), "expected_plcc": expected.get("plcc"),
+                  "expected_distinct": expected.get("distinct_answers")}
 
 
 def aggregate(per_seed: dict, seeds, arms) -> tuple[dict, dict]:
@@ -82,7 +87,7 @@ def aggregate(per_seed: dict, seeds, arms) -> tuple[dict, dict]:
     paired = {}
     for arm in arms:
         paired[arm] = {}
-        for m in ("srcc", "plcc", "rmse", "consistency_mae"):
+        for m in ("srcc", "plcc", "rmse", "consistency_mae", "expected_srcc"):
             pairs = [(per_seed[k]["results"][arm].get(m), per_seed[k]["results"]["sft"].get(m)) for k in seeds]
             diffs = [a - b for a, b in pairs if _finite(a) and _finite(b)]
             paired[arm][m] = {**_stats(diffs), "seeds_up": sum(x > 0 for x in diffs), "n": len(diffs)}
@@ -102,15 +107,13 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str
     quick_set = {"model_size": "tiny", "sft_epochs": 0.1, "grpo_steps": 2, "grpo_batch_size": 8,
                  "grpo_num_generations": 4, "grpo_val_every": 1, "eval_max_samples": 8,
                  "vision_pretrain_samples": 64, "vision_pretrain_epochs": 1} if quick else {}
-    t_start = time.time()
     per_seed: dict[int, dict] = {}
     for seed in seeds:
         d = out / f"seed{seed}"
         cfg = DemoSettings(out=str(d), seed=seed, progress=False, **quick_set)
-        t0 = time.time()
         summary = run_demo(cfg)  # untrained -> SFT -> the qponder arm, with evaluations
         rows = {"sft": _row(summary["results"]["sft"])}
-        seconds = {"demo": round(time.time() - t0, 1)}
+        seconds = {"demo": round(sum(summary["seconds"].values()), 1)}  # as recorded when each stage ran
         dyn = {"qponder": grpo_dynamics(d / "grpo")}
         if "qponder" in arms:
             rows["qponder"] = _row(summary["results"]["grpo"])
@@ -119,18 +122,21 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str
                 continue
             t0 = time.time()
             arm_dir = d / f"grpo-{arm}"
+            timing = arm_dir / "arm_seconds.json"  # the work's time, kept for a resumed run's total
             if not (arm_dir / "final" / "config.json").exists():
                 run_grpo(grpo_settings(cfg, d / "sft" / "final", arm_dir, rewards=ARMS[arm]))
             rows[arm] = _row(eval_stage(arm_dir / "final", d / f"eval-grpo-{arm}", cfg))
             dyn[arm] = grpo_dynamics(arm_dir)
-            seconds[arm] = round(time.time() - t0, 1)
+            if not timing.exists():
+                timing.write_text(json.dumps(round(time.time() - t0, 1)))
+            seconds[arm] = json.loads(timing.read_text())
         per_seed[seed] = {"results": rows, "grpo": dyn, "seconds": seconds}
 
     table, paired = aggregate(per_seed, seeds, arms)
     dynamics = {arm: {k: _stats([per_seed[s]["grpo"][arm][k] for s in seeds])["mean"]
                       for k in ("zero_std_share", "reward_first_third", "reward_last_third", "val_srcc_first",
                                 "val_srcc_last")} for arm in arms}
-    minutes = (time.time() - t_start) / 60
+    minutes = sum(v for k in seeds for v in per_seed[k]["seconds"].values()) / 60  # work time, resume-proof
     targets = {}
     if "qponder" in arms:
         q, sft = table["qponder"], table["sft"]
@@ -177,7 +183,8 @@ def markdown(result: dict) -> str:
     """The README table: one row per stage/arm, mean ± std over seeds, and the paired SRCC change to SFT."""
     t, p, dyn = result["summary"], result["paired_to_sft"], result["grpo_dynamics"]
     head = ("| stage / arm | SRCC | PLCC | RMSE | ΔSRCC vs SFT (seeds up) | mean abs(s_r − ŝ) | off by > 1 level | "
-            "distinct answers | zero-variance groups | val SRCC during GRPO |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "distinct answers | SRCC, expected read-out | distinct, expected | zero-variance groups | "
+            "val SRCC during GRPO |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for name, s in t.items():
         d = p.get(name, {}).get("srcc")
@@ -188,7 +195,8 @@ def markdown(result: dict) -> str:
                else f"{g['val_srcc_first']:.3f} → {g['val_srcc_last']:.3f}")
         lines.append(f"| {name} | {_pm(s['srcc'])} | {_pm(s['plcc'])} | {_pm(s['rmse'])} | {delta} | "
                      f"{_pm(s['consistency_mae'])} | {_pm(s['off_by_more_than_one_level'], 2)} | "
-                     f"{_pm(s['distinct_answers'], 1)} | {zero} | {val} |")
+                     f"{_pm(s['distinct_answers'], 1)} | {_pm(s['expected_srcc'])} | "
+                     f"{_pm(s['expected_distinct'], 1)} | {zero} | {val} |")
     targets = "\n".join(f"- {k}: {'met' if v else 'not met' if v is not None else 'n/a'}"
                         for k, v in result["targets"].items())
     return (f"Seeds {result['seeds']}, {result['minutes']} min (`{result['command']}`)\n\n{head}"

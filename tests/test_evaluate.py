@@ -36,15 +36,18 @@ def test_eval_writes_every_file(tiny_model_dir, tmp_path):
     assert m["n"] == 10 and 0 <= m["n_valid"] <= 10
     assert m["parse_failure_rate"] == pytest.approx(1 - m["n_valid"] / 10)
     assert m["levels"]["n_valid"] == 10  # the level read-out always gives a number
+    assert m["expected"]["n_valid"] == 10 and 1 <= m["expected"]["distinct_answers"] <= 10  # and so does expected
     for f in ("results.json", "results.md", "eval_config.json", "demo/predictions.jsonl", "demo/scatter.png",
               "demo/metrics.json"):
         assert (out / f).exists(), f
     assert (out / "demo" / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     preds = [json.loads(x) for x in (out / "demo" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 10
-    assert all({"image", "score", "raw", "mos", "reasoning", "levels_score"} <= set(p) for p in preds)
+    assert all({"image", "score", "raw", "mos", "reasoning", "levels_score", "expected_score"} <= set(p)
+               for p in preds)
     table = (out / "results.md").read_text()
     assert "| demo" in table and "srcc" in table.lower()
+    assert "| demo (levels) |" in table and "| demo (expected) |" in table and "| mean" not in table
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"]["demo"]["n"] == 10
 

@@ -69,6 +69,43 @@ def test_level_scores_are_in_range_and_batch_invariant(scorer):
     assert all(1.0 <= s <= 5.0 for s in after)
 
 
+def test_expected_answer_by_hand():
+    """sum_d p(d) (d + E[fraction | d]) with hand-made logits: a toy vocabulary where ids 1-5 are the digits 1-5
+    and the fraction tokens are id 6 ("5" -> 0.5) and id 7 ("25" -> 0.25)."""
+    import math
+
+    import torch
+
+    from qponder.infer import AnswerTokens, expected_answer
+
+    tok = AnswerTokens(leading=(1, 2, 3, 4, 5), fraction_ids=(6, 7), fraction_values=(0.5, 0.25))
+    big = 50.0
+    lead = torch.full((3, 8), -big)
+    lead[0, 3] = big                       # surely "3"
+    lead[1, 2] = lead[1, 3] = big          # "2" or "3", evenly
+    lead[2, 5] = big                       # surely "5": only 5.00 is a valid answer
+    frac = torch.full((3, 4, 8), -big)
+    frac[:, :, 6] = big                    # after every "d.": surely "5" -> .5
+    frac[1, 1, 6] = frac[1, 1, 7] = 0.0    # row 1 after "2.": ".5" or ".25", evenly -> .375
+    got = expected_answer(lead, frac, tok)
+    assert got == pytest.approx([3.5, 0.5 * 2.375 + 0.5 * 3.5, 5.0], abs=1e-6)
+    assert all(not math.isnan(x) for x in got)
+
+
+def test_expected_scores_are_per_image_whatever_the_batch(scorer):
+    """Five forward passes per image over shuffled batches: each image's value is what it gets alone (a mix-up of
+    rows between images would show here) and lies in [1, 5]."""
+    imgs = _images(3)
+    reasonings = ["The image is sharp. Overall, the quality is good.", None, "Very blurry."]
+    together = scorer.expected_scores(imgs, reasonings)
+    alone = [scorer.expected_scores([im], [r])[0] for im, r in zip(imgs, reasonings)]
+    assert together == pytest.approx(alone, abs=1e-5)
+    assert all(1.0 <= s <= 5.0 for s in together) and len(set(round(s, 6) for s in together)) == 3
+    res = scorer.score_batch(imgs, ["a", "b", "c"], readout="expected")
+    assert [r.score for r in res] == [r.expected_score for r in res]
+    assert res[0].expected_score == pytest.approx(scorer.expected_scores([imgs[0]], [res[0].reasoning])[0], abs=1e-5)
+
+
 def test_level_token_ids_are_distinct(scorer):
     ids = level_token_ids(scorer.processor.tokenizer)
     assert len(set(ids)) == 5
@@ -83,7 +120,7 @@ def test_samples_give_a_mean_and_spread(scorer):
             assert r.score == pytest.approx(sum(valid) / len(valid))
         else:
             assert r.score is None and r.std is None
-        assert 1 <= r.levels_score <= 5
+        assert 1 <= r.levels_score <= 5 and 1 <= r.expected_score <= 5
     with pytest.raises(QponderError, match="temperature > 0"):
         scorer.score_batch(_images(1), ["a"], samples=2, temperature=0.0)
     with pytest.raises(QponderError, match="unknown readout"):

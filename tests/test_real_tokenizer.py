@@ -146,7 +146,20 @@ def test_score_command_with_both_readouts(sft_real, data_file, tmp_path):
     assert sorted(r["image"] for r in recs) == sorted(images)
     for r in recs:
         assert r["model"] == str(model) and len(r["raw"]) == 1 and isinstance(r["raw"][0], str)
-        assert 1 <= r["levels_score"] <= 5
+        assert 1 <= r["levels_score"] <= 5 and 1 <= r["expected_score"] <= 5
+
+
+def test_the_expected_readout_reads_single_digit_tokens_after_the_answer_tag(real_lm):
+    """Qwen's pre-tokenizer splits numbers into single digits: the leading digits 1-5 are ids 16-20 and a fraction
+    starts with one of the ten digit tokens (0.0-0.9), in the context the read-out uses ("<answer>3.")."""
+    from qponder.infer import answer_tokens
+
+    tok = real_lm.processor.tokenizer
+    t = answer_tokens(tok)
+    assert t.leading == (16, 17, 18, 19, 20)
+    assert dict(zip(t.fraction_ids, t.fraction_values)) == {15 + d: d / 10 for d in range(10)}
+    ids = tok.encode("</think>\n<answer>3.42</answer>", add_special_tokens=False)
+    assert ids[ids.index(18):ids.index(18) + 4] == [18, 13, 19, 17]  # "3" "." "4" "2"
 
 
 def test_the_levels_reader_reads_reasoning_text(sft_real):

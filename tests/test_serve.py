@@ -159,11 +159,14 @@ def test_score_samples_readouts_and_seed(http):
     body = r.json()
     assert len(body["scores"]) == 3 and len(body["raws"]) == 3 and all(isinstance(t, str) for t in body["raws"])
     assert "std" in body and 1.0 <= body["levels_score"] <= 5.0 and body["readout"] == "both"
+    assert 1.0 <= body["expected_score"] <= 5.0
     again = http.post("/v1/score", json={"image": data_url(IMG), "samples": 3, "temperature": 0.9,
                                          "readout": "both", "seed": 5}).json()
     assert again["raws"] == body["raws"]  # a seeded sampled request runs alone, so it is reproducible
     lv = http.post("/v1/score", json={"image": data_url(IMG), "readout": "levels"}).json()
     assert 1.0 <= lv["score"] <= 5.0 and lv["score"] == lv["levels_score"] and lv["raw"] is None
+    ex = http.post("/v1/score", json={"image": data_url(IMG), "readout": "expected"}).json()
+    assert 1.0 <= ex["score"] <= 5.0 and ex["score"] == ex["expected_score"] and isinstance(ex["raw"], str)
 
 
 def test_chat_completions_with_the_openai_client(client, http):

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -337,3 +338,13 @@ def test_grpo_val_curve_matches_independent_scoring(sft_trained, data_file, tmp_
         got = QualityScorer(str(model), device="cpu", max_new_tokens=40).score_batch(images, [r["image_id"] for r in rows])
         want = val_metrics([g.score for g in got], [r["mos"] for r in rows], [g.reasoning for g in got])
         assert {k: rec[k] for k in want} == pytest.approx(want, nan_ok=True)
+    # watching changes nothing: the same run without val ends with the same weights (RNG stream, mode, padding)
+    from qponder.models import load_model_and_processor
+
+    quiet = tmp_path / "grpo-no-val"
+    run_grpo(replace(cfg, run=replace(cfg.run, output_dir=str(quiet)), val=replace(cfg.val, every=0)))
+    with_val = _params(load_model_and_processor(out / "final").model)
+    without = _params(load_model_and_processor(quiet / "final").model)
+    start = _params(load_model_and_processor(sft_out / "final").model)
+    assert any(not torch.equal(with_val[k], start[k]) for k in with_val)  # it did train
+    assert all(torch.equal(with_val[k], without[k]) for k in with_val)

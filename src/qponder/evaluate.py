@@ -45,7 +45,7 @@ class EvalSettings:
     samples: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    readout: str = "generate"  # generate | levels | both
+    readout: str = "generate"  # generate | levels | expected | both (generate + levels + expected)
     batch_size: int = 8
     max_new_tokens: int = 256
     device: str = "auto"
@@ -113,7 +113,7 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
     """Run the evaluation; returns ``{benchmark: metrics}`` and writes the files described in the module doc."""
     from qponder.infer import current_shard, score_files
     from qponder.io import read_jsonl, write_json_atomic, write_text_atomic
-    from qponder.metrics import CONSISTENCY_KEYS, consistency_summary, implied_scores, summarize
+    from qponder.metrics import CONSISTENCY_KEYS, answer_diversity, consistency_summary, implied_scores, summarize
     from qponder.report import markdown_table, scatter_plot
 
     if not cfg.benchmarks:
@@ -166,8 +166,9 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
         lengths = [len(records[w]["raw"][0]) for w in wanted if w in records and records[w].get("raw")]
         summary["mean_output_chars"] = (sum(lengths) / len(lengths)) if lengths else None
         if cfg.readout == "both":
-            summary["levels"] = summarize([records[w].get("levels_score") if w in records else None
-                                           for w in wanted], mos)
+            for key, field in (("levels", "levels_score"), ("expected", "expected_score")):
+                values = [records[w].get(field) if w in records else None for w in wanted]
+                summary[key] = summarize(values, mos, name=f"{bench} ({key})") | answer_diversity(values)
         if reader is not None:  # the level-only read-out writes no answer of its own to compare
             texts = [records[w].get("reasoning") if w in records else None for w in wanted]
             summary.update(consistency_summary(implied_scores(reader, texts), preds, name=bench))
@@ -190,6 +191,12 @@ def evaluate(cfg: EvalSettings, scorer=None) -> dict[str, dict]:
               f"{cfg.samples}, temperature: {cfg.temperature}. SRCC/KRCC/PLCC exclude unparsable answers "
               f"(counted in parse_failure_rate); plcc_logistic4 is PLCC after the VQEG 4-parameter logistic fit; "
               f"RMSE on the 1-5 scale.\n\n")
+    if cfg.readout == "both":
+        table += ("\n## Read-outs after the reasoning\n\nlevels: the probability-weighted level word; expected: the "
+                  "expected answer under the model's own distribution (see qponder.infer).\n\n"
+                  + markdown_table({f"{b} ({k})": r[k] for b, r in results.items() for k in ("levels", "expected")},
+                                   columns=[*METRIC_COLUMNS, "distinct_answers"], mean_row=False,
+                                   first_header="dataset (read-out)"))
     if reader is not None:
         table += (f"\n## Reasoning vs answer\n\n{CONSISTENCY_NOTE.format(reader=cfg.consistency_reader)}\n\n"
                   + markdown_table(results, columns=list(CONSISTENCY_KEYS)))

@@ -7,6 +7,13 @@ Two estimators, both on the 1-5 scale:
   std is reported. Unparsable answers stay ``None`` — never replaced by a random number.
 * **levels** (Q-Align / DeQA-Score): one forward pass; the probability-weighted mean of the five level words at the
   next-token position. Used alone, or after the reasoning (conditioned on image + the model's own reasoning).
+* **expected**: the model writes its reasoning as in *generate*; the score is then the expectation of the answer
+  under the model's own distribution after ``<think>reasoning</think>\n<answer>``: sum over the leading digit d of
+  p(d) (d + E[fraction | "d."]). Greedy decoding takes the most likely token at each digit, so a student unsure
+  between "1" and "2" and of the decimals writes the same most frequent string for many images (answer collapse);
+  the expectation keeps what the distribution knows. Five forward passes, no sampling.
+
+``both`` is the generated answer plus both read-outs after its reasoning (``levels_score``, ``expected_score``).
 
 Batching: images are ordered by pixel count and cut into fixed batches (left padding), so padding is small and the
 batch plan of a run does not depend on what an interrupted earlier run already finished (resume == fresh run).
@@ -34,7 +41,7 @@ from qponder.prompts import LEVEL_ANSWER_PREFIX, LEVEL_QUESTION, LEVELS, STUDENT
 
 log = logging.getLogger(__name__)
 
-READOUTS = ("generate", "levels", "both")
+READOUTS = ("generate", "levels", "expected", "both")
 
 
 def check_readout(readout: str) -> None:
@@ -47,13 +54,15 @@ class ScoreResult:
     """What `qponder score` reports for one image."""
 
     image: str
-    score: float | None  # mean of the parsed sample scores (generate) or the level score (levels)
+    score: float | None  # mean of the parsed sample scores (generate, both), the level score (levels) or the expected
+    #                      answer (expected)
     scores: list[float | None] = field(default_factory=list)  # per sample; None = unparsable
     std: float | None = None  # population std of the parsed sample scores
     reasoning: str | None = None  # the first parsable sample's reasoning
     raw: list[str] = field(default_factory=list)
     format_ok: list[bool] = field(default_factory=list)
     levels_score: float | None = None
+    expected_score: float | None = None  # the expected answer after the reasoning (readouts expected, both)
     readout: str = "generate"
 
     def to_dict(self) -> dict:
@@ -107,6 +116,47 @@ def level_token_ids(tokenizer) -> list[int]:
     return ids
 
 
+@dataclass(frozen=True)
+class AnswerTokens:
+    """Token ids of the answer's leading digits 1-5 and of every token that can start its fraction (1-2 ASCII
+    digits, read as a fraction: "4" -> 0.4, "42" -> 0.42), for one tokenizer."""
+
+    leading: tuple[int, ...]
+    fraction_ids: tuple[int, ...]
+    fraction_values: tuple[float, ...]
+
+
+def answer_tokens(tokenizer) -> AnswerTokens:
+    leading = []
+    for d in range(1, 6):
+        ids = tokenizer.encode(str(d), add_special_tokens=False)
+        if len(ids) != 1:
+            raise QponderError(f"the expected read-out needs the digit {d} to be one token; this tokenizer makes it "
+                               f"{len(ids)}")
+        leading.append(ids[0])
+    fids, fvals = [], []
+    for i, t in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if t and len(t) <= 2 and t.isascii() and t.isdigit():
+            fids.append(i)
+            fvals.append(int(t) / 10 ** len(t))
+    if not fids:
+        raise QponderError("the expected read-out found no digit tokens in this tokenizer")
+    return AnswerTokens(tuple(leading), tuple(fids), tuple(fvals))
+
+
+def expected_answer(leading_logits, fraction_logits, tokens: AnswerTokens) -> list[float]:
+    """sum_d p(d) (d + E[fraction | d]) per row. ``leading_logits``: (n, vocab) after ``<answer>``;
+    ``fraction_logits``: (n, 4, vocab) after ``<answer>d.`` for d = 1..4 (5 can only be 5.00). Pure tensor math."""
+    import torch
+
+    p = torch.softmax(leading_logits[:, list(tokens.leading)].float(), dim=-1)  # (n, 5)
+    q = torch.softmax(fraction_logits[:, :, list(tokens.fraction_ids)].float(), dim=-1)  # (n, 4, k)
+    frac = q @ torch.tensor(tokens.fraction_values, dtype=torch.float32, device=q.device)  # (n, 4)
+    values = torch.cat([torch.arange(1, 5, dtype=torch.float32, device=q.device) + frac,
+                        torch.full_like(frac[:, :1], 5.0)], dim=1)
+    return (p * values).sum(-1).clamp(1.0, 5.0).tolist()
+
+
 def expected_level_score(logits_rows, level_ids: list[int]) -> list[float]:
     """Softmax over the five level-word logits -> probability-weighted score (closed-set, as DeQA-Score)."""
     import torch
@@ -145,6 +195,7 @@ class QualityScorer:
         self.model_name = str(model_path or loaded.path)
         self.backend = f"hf:{str(next(self.model.parameters()).dtype).removeprefix('torch.')}"  # in resume checks
         self._level_ids: list[int] | None = None
+        self._answer_tokens: AnswerTokens | None = None
 
     # -- prompt construction -----------------------------------------------------------------------------------
     def _texts(self, n: int, user_text: str, system: str | None, assistant_prefix: list[str] | None = None) -> list[str]:
@@ -236,6 +287,32 @@ class QualityScorer:
             logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
         return expected_level_score(logits, self._level_ids)
 
+    # -- expected answer ---------------------------------------------------------------------------------------
+    def expected_scores(self, images: list, reasonings: list[str | None]) -> list[float]:
+        """The expected answer after each image's reasoning (see the module docstring): one forward pass for the
+        leading digit, one per leading digit 1-4 for the fraction, in batches of ``batch_size`` rows."""
+        import torch
+
+        from qponder.parsing import ANSWER_OPEN
+
+        if not images:
+            return []
+        if self._answer_tokens is None:
+            self._answer_tokens = answer_tokens(self.processor.tokenizer)
+        prefixes = [(f"<think>{r}</think>\n" if r else "") + ANSWER_OPEN for r in reasonings]
+        rows = [(i, p) for i, p in enumerate(prefixes)] + [(i, p + f"{d}.") for i, p in enumerate(prefixes)
+                                                            for d in range(1, 5)]
+        last = []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            inputs = self._inputs([images[i] for i, _ in chunk],
+                                  self._texts(len(chunk), self.prompt, None, [p for _, p in chunk]))
+            with torch.inference_mode():
+                last.append(self.model(**inputs, logits_to_keep=1).logits[:, -1, :])
+        logits = torch.cat(last)
+        n = len(images)
+        return expected_answer(logits[:n], logits[n:].view(n, 4, -1), self._answer_tokens)
+
     # -- the public entry point --------------------------------------------------------------------------------
     def score_batch(self, images: list, names: list[str], *, samples: int = 1, readout: str = "generate",
                     temperature: float | None = None, seed: int | None = None) -> list[ScoreResult]:
@@ -246,7 +323,7 @@ class QualityScorer:
             # a per-batch seed derived from the images' names: same batch -> same samples, whatever ran before
             seed = (self.seed * 1_000_003 + zlib.crc32("\x00".join(names).encode())) % (2**31)
         results = [ScoreResult(image=name, score=None, readout=readout) for name in names]
-        if readout in ("generate", "both"):
+        if readout in ("generate", "expected", "both"):
             texts = self.generate(images, n=samples, temperature=temperature, seed=seed)
             for res, outs in zip(results, texts):
                 parsed = [parse_completion(t) for t in outs]
@@ -260,6 +337,11 @@ class QualityScorer:
             for res, s in zip(results, self.level_scores(images, reasonings)):
                 res.levels_score = s
                 if readout == "levels":
+                    res.score = s
+        if readout in ("expected", "both"):
+            for res, s in zip(results, self.expected_scores(images, [r.reasoning for r in results])):
+                res.expected_score = s
+                if readout == "expected":
                     res.score = s
         return results
 

@@ -159,7 +159,8 @@ def video_record(name: str, video: Video, results: Sequence[ScoreResult], readou
     score, std = mean_and_std([r.score for r in results])
     ranked = sorted((f for f in frames if f["score"] is not None), key=lambda f: (f["score"], f["index"]))
     return {"video": name, "score": score, "std": std,
-            "levels_score": mean_and_std([r.levels_score for r in results])[0], "readout": readout,
+            "levels_score": mean_and_std([r.levels_score for r in results])[0],
+            "expected_score": mean_and_std([r.expected_score for r in results])[0], "readout": readout,
             "frames": frames, "worst_frames": [{k: f[k] for k in ("index", "time", "score")} for f in ranked[:worst]],
             "duration": video.duration, "frame_count": video.frame_count}
 

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         out: Optional[str] = typer.Option(None, help="= out (results folder; re-running resumes)"),
         samples: Optional[int] = typer.Option(None, help="= samples per image (mean score)"),
         temperature: Optional[float] = typer.Option(None, help="= temperature (0 = greedy)"),
-        readout: Optional[str] = typer.Option(None, help="= readout: generate | levels | both"),
+        readout: Optional[str] = typer.Option(None, help="= readout: generate | levels | expected | both"),
         batch_size: Optional[int] = typer.Option(None, help="= batch_size"),
         backend: Optional[str] = typer.Option(None, help="= backend: auto | hf | vllm"),
         tensor_parallel_size: Optional[int] = typer.Option(None, help="= tensor_parallel_size: GPUs one vLLM "

@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, help="Images per forward/generate batch."),
         max_new_tokens: int = typer.Option(256, help="Longest reasoning + answer, in tokens."),
         readout: str = typer.Option("generate", help="generate (reason, then answer) | levels (one forward pass, "
-                                                     "level-word probabilities) | both"),
+                                                     "level-word probabilities) | expected (reason, then the "
+                                                     "expected answer) | both (all three)"),
         out: Optional[Path] = typer.Option(None, help="Append JSON lines here; a re-run skips scored images."),
         recursive: bool = typer.Option(False, help="Look for images in sub-folders too."),
         device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),

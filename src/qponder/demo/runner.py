@@ -272,6 +272,8 @@ def write_report(out: Path, summary: dict) -> Path:
     table = markdown_table(res, columns=cols, mean_row=False, first_header="stage")
     levels = markdown_table({k: v["levels"] for k, v in res.items() if "levels" in v}, columns=cols,
                             mean_row=False, first_header="stage")
+    expected = markdown_table({k: v["expected"] for k, v in res.items() if "expected" in v},
+                              columns=[*cols, "distinct_answers"], mean_row=False, first_header="stage")
     with_reasoning = {k: v for k, v in res.items() if "n_consistency" in v}
     consistency = markdown_table(with_reasoning, columns=list(CONSISTENCY_KEYS), mean_row=False,
                                  first_header="stage") if with_reasoning else "(no stage has reasoning metrics)\n"
@@ -316,6 +318,11 @@ Score read from the generated `<answer>` (greedy):
 Level read-out (probability-weighted level word after the model's own reasoning):
 
 {levels}
+
+Expected answer (the answer's expectation under the model's own token probabilities after its reasoning; greedy
+decoding of the digits writes the most frequent answer string instead, see the distinct answers below):
+
+{expected}
 
 Reasoning vs answer (does the answer follow from the model's own reasoning, and how varied are the answers?):
 {CONSISTENCY_NOTE.format(reader="lexicon")}

@@ -151,9 +151,11 @@ def evaluate_now(trainer, samples: list[dict], images: list[Any], cfg: ValSettin
     t0 = time.time()
     processor = trainer.processing_class
     side = processor.tokenizer.padding_side  # the scorer pads left; the trainer's collation keeps its own side
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    # fork_rng: the scorer seeds torch per batch; training's sampling stream must not depend on val.every
     with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                      gather_deepspeed3_params=getattr(trainer.args, "ds3_gather_for_generation", True),
-                                     ) as model, torch.no_grad():
+                                     ) as model, torch.no_grad(), torch.random.fork_rng(devices=cuda):
         was_training = model.training
         model.eval()
         try:

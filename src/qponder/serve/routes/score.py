@@ -64,7 +64,7 @@ async def score(request: Request, state: ServeState = Depends(get_state)) -> JSO
         raise ApiError(400, f"samples: at most {config.max_n} per request on this server", code="invalid_value",
                        param="samples")
     if opts.samples > 1 and opts.readout == "levels":
-        raise ApiError(400, "samples > 1 needs readout generate or both (the levels read-out is one forward "
+        raise ApiError(400, "samples > 1 needs readout generate, expected or both (the levels read-out is one forward "
                        "pass)", code="invalid_value", param="samples")
     if opts.samples > 1 and temperature <= 0:
         raise ApiError(400, "samples > 1 needs temperature > 0 (greedy samples would all be identical)",
@@ -96,6 +96,8 @@ async def score(request: Request, state: ServeState = Depends(get_state)) -> JSO
         out.update(scores=res.scores, std=res.std, raws=res.raw)
     if opts.readout in ("levels", "both"):
         out["levels_score"] = res.levels_score
+    if opts.readout in ("expected", "both"):
+        out["expected_score"] = res.expected_score
     out["latency_ms"] = round((time.perf_counter() - t0) * 1000, 2)
     return JSONResponse(json_safe(out))
 
