@@ -328,6 +328,8 @@ def test_grpo_val_curve_matches_independent_scoring(sft_trained, data_file, tmp_
         "optim.max_steps=3", "optim.batch_size=8", "optim.learning_rate=1e-3", "generation.num_generations=4",
         "generation.max_completion_length=40", "run.logging_steps=1", "val.every=2", "val.split=train",
         "val.max_samples=6", "val.batch_size=4"])
+    out.mkdir()
+    (out / "val.jsonl").write_text(json.dumps({"step": 0, "n": 1, "srcc": 0.99}) + "\n")  # an older run's, no checkpoint
     assert run_grpo(cfg)["global_step"] == 3
     recs = read_val(out)
     assert [r["step"] for r in recs] == [0, 2, 3] and all(r["n"] == 6 for r in recs)

@@ -1,6 +1,6 @@
-"""Scoring images with a reasoning IQA model: batched generation, N-sample means, and the level read-out.
+"""Scoring images with a reasoning IQA model: batched generation, N-sample means, and the level and expected read-outs.
 
-Two estimators, both on the 1-5 scale:
+Three estimators, all on the 1-5 scale:
 
 * **generate** (the method's own): the model writes ``<think>…</think><answer>s</answer>``; ``s`` is parsed with
   ``qponder.parsing``. With ``samples > 1`` the score is the mean over the parsable samples and their population

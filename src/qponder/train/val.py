@@ -128,6 +128,10 @@ def ValCallback(trainer_ref: dict, samples: list[dict], images: list[Any], cfg: 
                          rec["distinct_answers"])
 
         def on_train_begin(self, args, state, control, **kwargs):
+            if state.global_step == 0:  # a fresh run (not a resume): an old run's records in this folder go
+                self.done = set()
+                if state.is_world_process_zero:
+                    (out / "val.jsonl").unlink(missing_ok=True)
             self._run(state)
 
         def on_step_end(self, args, state, control, **kwargs):
