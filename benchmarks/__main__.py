@@ -28,7 +28,7 @@ from pathlib import Path
 
 from qponder.io import write_json_atomic
 
-ORDER = ["rewards", "metrics", "distill", "serve", "train", "learning"]
+ORDER = ["rewards", "metrics", "distill", "serve", "train", "learning", "rewards_ablation"]
 MANIFEST = "run.json"
 
 
