@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from qponder.errors import QponderError
-from qponder.prompts import LEVEL_ANSWER_PREFIX, LEVEL_QUESTION, LEVELS, STUDENT_PROMPT
+from qponder.prompts import LEVEL_ANSWER_PREFIX, LEVEL_QUESTION, LEVELS, STUDENT_PROMPT, think_block
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class QualityScorer:
         if reasonings is None:
             texts = self._texts(len(images), LEVEL_QUESTION, None, [LEVEL_ANSWER_PREFIX] * len(images))
         else:
-            prefixes = [(f"<think>{r}</think>\n" if r else "") + LEVEL_ANSWER_PREFIX for r in reasonings]
+            prefixes = [(think_block(r) if r else "") + LEVEL_ANSWER_PREFIX for r in reasonings]
             texts = self._texts(len(images), self.prompt, None, prefixes)
         inputs = self._inputs(images, texts)
         with torch.inference_mode():
@@ -299,7 +299,7 @@ class QualityScorer:
             return []
         if self._answer_tokens is None:
             self._answer_tokens = answer_tokens(self.processor.tokenizer)
-        prefixes = [(f"<think>{r}</think>\n" if r else "") + ANSWER_OPEN for r in reasonings]
+        prefixes = [(think_block(r) if r else "") + ANSWER_OPEN for r in reasonings]
         rows = [(i, p) for i, p in enumerate(prefixes)] + [(i, p + f"{d}.") for i, p in enumerate(prefixes)
                                                             for d in range(1, 5)]
         last = []

@@ -156,9 +156,14 @@ def student_messages(image: Any = None, prompt: str = STUDENT_PROMPT) -> list[di
     return [{"role": "user", "content": [block, {"type": "text", "text": prompt}]}]
 
 
+def think_block(reasoning: str) -> str:
+    """The reasoning part of the output contract, as it stands before the answer (and before a read-out's prefix)."""
+    return f"<think>{reasoning}</think>\n"
+
+
 def format_target(reasoning: str, score: float) -> str:
     """The assistant text the student is trained to produce (the output contract, written once)."""
-    return f"<think>{reasoning.strip()}</think>\n<answer>{score:.2f}</answer>"
+    return f"{think_block(reasoning.strip())}<answer>{score:.2f}</answer>"
 
 
 def prompt_fingerprint(*texts: str) -> str:

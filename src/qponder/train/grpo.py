@@ -161,9 +161,9 @@ def build_rewards(specs: list[RewardSpec], out: Path, every: int) -> tuple[list[
     return funcs, list(weights)
 
 
-def val_callback(cfg: GRPOSettings, ref: dict, out: Path):
-    """The held-out evaluation (``qponder.train.val``) on ``val.split`` of ``val.data`` (default: the training
-    source), greedy, with the completion length GRPO samples with."""
+def val_callback(cfg: GRPOSettings, trainer, out: Path):
+    """The held-out evaluation (``qponder.train.val``) of ``trainer``'s model on ``val.split`` of ``val.data``
+    (default: the training source), greedy, with the completion length GRPO samples with."""
     from dataclasses import replace
 
     from qponder.train.val import ValCallback, load_val_images
@@ -171,7 +171,7 @@ def val_callback(cfg: GRPOSettings, ref: dict, out: Path):
     v = cfg.val
     samples = load_grpo_samples(replace(cfg, data=v.data or cfg.data, split=v.split, max_samples=v.max_samples))
     images = load_val_images(samples, cfg.model.min_pixels, cfg.model.max_pixels)
-    return ValCallback(ref, samples, images, v, v.max_new_tokens or cfg.generation.max_completion_length, out)
+    return ValCallback(trainer, samples, images, v, v.max_new_tokens or cfg.generation.max_completion_length, out)
 
 
 def run_grpo(cfg: GRPOSettings, callbacks: list | None = None) -> dict:
@@ -211,10 +211,9 @@ def run_grpo(cfg: GRPOSettings, callbacks: list | None = None) -> dict:
     train_ds = grpo_dataset(samples, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
                             source=str(cfg.data))
     peft_cfg = lora_config(cfg.model.lora) if cfg.model.lora.enabled and not lm.is_adapter else None
-    ref: dict[str, Any] = {}
-    extra = [val_callback(cfg, ref, out)] if cfg.val.every else []
     trainer = GRPOTrainer(model=lm.model, reward_funcs=funcs, args=args, train_dataset=train_ds,
                           processing_class=lm.processor, peft_config=peft_cfg,
-                          callbacks=[JsonlLogCallback(out / "log.jsonl"), *extra, *(callbacks or [])])
-    ref["trainer"] = trainer
+                          callbacks=[JsonlLogCallback(out / "log.jsonl"), *(callbacks or [])])
+    if cfg.val.every:  # it needs the trainer's accelerator and wrapped model, which exist only now
+        trainer.add_callback(val_callback(cfg, trainer, out))
     return {**train_and_save(trainer, lm, cfg, peft_cfg), "n_samples": len(samples)}

@@ -103,10 +103,9 @@ def load_val_images(samples: list[dict], min_pixels: int | None, max_pixels: int
     return [load_image(s["image"], min_pixels=min_pixels, max_pixels=max_pixels) for s in samples]
 
 
-def ValCallback(trainer_ref: dict, samples: list[dict], images: list[Any], cfg: ValSettings, max_new_tokens: int,
-                out: Path):
-    """A TrainerCallback running the val evaluation; ``trainer_ref["trainer"]`` is set once the trainer exists
-    (the callback needs its accelerator and wrapped model, which exist only after construction)."""
+def ValCallback(trainer, samples: list[dict], images: list[Any], cfg: ValSettings, max_new_tokens: int, out: Path):
+    """A TrainerCallback running the val evaluation of ``trainer``'s model (add it with ``trainer.add_callback``:
+    it needs the trainer's accelerator and wrapped model)."""
     from transformers import TrainerCallback
 
     class _Val(TrainerCallback):
@@ -118,7 +117,7 @@ def ValCallback(trainer_ref: dict, samples: list[dict], images: list[Any], cfg: 
             if step in self.done:
                 return
             self.done.add(step)
-            rec = evaluate_now(trainer_ref["trainer"], samples, images, cfg, max_new_tokens)
+            rec = evaluate_now(trainer, samples, images, cfg, max_new_tokens)
             rec = {"step": step, **rec}
             if state.is_world_process_zero:
                 with open(out / "val.jsonl", "a", encoding="utf-8") as f:
