@@ -31,39 +31,59 @@ def _trend(points: list[float]) -> float | None:
     return statistics.fmean(points[-k:]) - statistics.fmean(points[:k])
 
 
+def _pooled_tokens(folder: Path, samples: list):
+    """Per image, the model's merged vision tokens pooled two ways: (raw mean, mean and spread of their unit
+    directions), as numpy arrays."""
+    import numpy as np
+    import torch
+
+    from qponder.data import load_image
+    from qponder.demo.vision_proxy import encode
+    from qponder.models import load_model_and_processor
+
+    lm = load_model_and_processor(str(folder), device="cpu", dtype="float32")
+    raw, unit = [], []
+    for i in range(0, len(samples), 32):
+        views = [np.asarray(load_image(s.image)) for s in samples[i:i + 32]]
+        with torch.inference_mode():
+            t = encode(lm.model, lm.processor, views)
+        v = torch.nn.functional.normalize(t, dim=-1)
+        raw.append(t.mean(1).numpy())
+        unit.append(torch.cat([v.mean(1), v.std(1)], 1).numpy())
+    return np.concatenate(raw), np.concatenate(unit)
+
+
+def _ridge(x_train, y_train, x_test, lam: float):
+    """Ridge regression on standardised columns (intercept unpenalised in effect: it is one column among many)."""
+    import numpy as np
+
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+    a = np.c_[(x_train - mu) / sd, np.ones(len(x_train))]
+    b = np.c_[(x_test - mu) / sd, np.ones(len(x_test))]
+    return b @ np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ y_train)
+
+
+def _measurements(samples: list):
+    import numpy as np
+
+    from qponder.data import load_image
+    from qponder.demo.vision_proxy import global_targets
+
+    return np.stack([global_targets(np.asarray(load_image(s.image))) for s in samples])
+
+
 def vision_probe(folder: Path, seed: int = 0) -> float:
     """Test SRCC of a ridge probe on a model's pooled vision features (per-token direction mean and spread), fitted
     on the demo's training split: how much transferable quality signal the vision tower hands the language model
     before any SFT."""
-    import numpy as np
-    import torch
     from scipy.stats import spearmanr
 
-    from qponder.data import load_image
     from qponder.demo.data import load_demo_samples
-    from qponder.models import load_model_and_processor
-    from qponder.demo.vision_proxy import encode
 
-    lm = load_model_and_processor(str(folder), device="cpu", dtype="float32")
-
-    def features(samples: list):
-        rows = []
-        for i in range(0, len(samples), 32):
-            views = [np.asarray(load_image(s.image)) for s in samples[i:i + 32]]
-            with torch.inference_mode():
-                v = torch.nn.functional.normalize(encode(lm.model, lm.processor, views), dim=-1)
-            rows.append(torch.cat([v.mean(1), v.std(1)], 1))
-        return torch.cat(rows)
-
-    train = load_demo_samples(split="train", seed=seed)
-    test = load_demo_samples(split="test", seed=seed)
-    x_train, x_test = features(train), features(test)
-    y_train = torch.tensor([s.mos for s in train])
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    a = torch.cat([(x_train - mu) / sd, torch.ones(len(x_train), 1)], 1)
-    b = torch.cat([(x_test - mu) / sd, torch.ones(len(x_test), 1)], 1)
-    w = torch.linalg.solve(a.T @ a + 100.0 * torch.eye(a.shape[1]), a.T @ y_train)
-    return float(spearmanr((b @ w).tolist(), [s.mos for s in test]).correlation)
+    train, test = load_demo_samples(split="train", seed=seed), load_demo_samples(split="test", seed=seed)
+    x_train, x_test = _pooled_tokens(folder, train)[1], _pooled_tokens(folder, test)[1]
+    pred = _ridge(x_train, [s.mos for s in train], x_test, 100.0)
+    return float(spearmanr(pred, [s.mos for s in test]).correlation)
 
 
 def measurement_probe(seed: int = 0) -> float:
@@ -71,24 +91,33 @@ def measurement_probe(seed: int = 0) -> float:
     ``qponder.demo.vision_proxy.global_targets``) to MOS, fitted on the demo's training split: roughly what a
     student can reach that reads those measurements perfectly but learns the MOS mapping from these photographs
     alone (the rule teacher's hand-designed monotone mapping does better)."""
+    from scipy.stats import spearmanr
+
+    from qponder.demo.data import load_demo_samples
+
+    train, test = load_demo_samples(split="train", seed=seed), load_demo_samples(split="test", seed=seed)
+    pred = _ridge(_measurements(train), [s.mos for s in train], _measurements(test), 10.0)
+    return float(spearmanr(pred, [s.mos for s in test]).correlation)
+
+
+def measurement_readout_probe(folder: Path, seed: int = 0) -> dict:
+    """The same measurement ridge fed the vision tower's own reading of the measurements instead of the exact
+    values: a linear read-out (ridge) from the pooled tokens to each measurement, fitted on the training split,
+    applied to the test images. Returns its test SRCC and the read-out's test correlation per measurement: which
+    measurements the tower cannot see on unseen photographs, and what that costs."""
     import numpy as np
     from scipy.stats import spearmanr
 
-    from qponder.data import load_image
     from qponder.demo.data import load_demo_samples
-    from qponder.demo.vision_proxy import global_targets
+    from qponder.demo.vision_proxy import GLOBAL_TARGETS
 
-    def xy(split: str):
-        samples = load_demo_samples(split=split, seed=seed)
-        x = np.stack([global_targets(np.asarray(load_image(s.image))) for s in samples])
-        return x, np.array([s.mos for s in samples])
-
-    (x_train, y_train), (x_test, y_test) = xy("train"), xy("test")
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    a = np.c_[(x_train - mu) / sd, np.ones(len(x_train))]
-    b = np.c_[(x_test - mu) / sd, np.ones(len(x_test))]
-    w = np.linalg.solve(a.T @ a + 10.0 * np.eye(a.shape[1]), a.T @ y_train)
-    return float(spearmanr(b @ w, y_test).correlation)
+    train, test = load_demo_samples(split="train", seed=seed), load_demo_samples(split="test", seed=seed)
+    m_train, m_test = _measurements(train), _measurements(test)
+    t_train, t_test = _pooled_tokens(folder, train)[0], _pooled_tokens(folder, test)[0]
+    read = np.stack([_ridge(t_train, m_train[:, j], t_test, 10.0) for j in range(m_train.shape[1])], 1)
+    pred = _ridge(m_train, [s.mos for s in train], read, 10.0)
+    r = {name: round(float(np.corrcoef(read[:, j], m_test[:, j])[0, 1]), 3) for j, name in enumerate(GLOBAL_TARGETS)}
+    return {"srcc": float(spearmanr(pred, [s.mos for s in test]).correlation), "test_r_per_measurement": r}
 
 
 def within_photo_srcc(predictions: Path, key: str = "score") -> float | None:
@@ -171,7 +200,9 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), out: Path = Pat
                   "dct_init": vision_probe(build_tiny_model(out / "probe-dct", size="small", seed=seeds[0]),
                                            seeds[0]),
                   "proxy_pretrained": vision_probe(out / f"seed{seeds[0]}" / "model-untrained", seeds[0]),
-                  "measurements_ridge_per_seed": [measurement_probe(seed) for seed in seeds]}
+                  "measurements_ridge_per_seed": [measurement_probe(seed) for seed in seeds],
+                  "measurements_read_by_tower": measurement_readout_probe(out / f"seed{seeds[0]}" / "model-untrained",
+                                                                          seeds[0])}
     result = {"seeds": list(seeds), "model_size": "tiny" if quick else "small", "per_seed": per_seed,
               "summary": table, "targets": targets, "noise_srcc": noise, "vision_probe_test_srcc": probes,
               "ablations": ablations}

@@ -6,6 +6,9 @@ Arms (each keeps the format reward at weight 0.5, as every peer's reward does):
     qponder        format + accuracy + consistency (lexicon reader): Q-Ponder's reading, the demo's stage 2
     rank_fidelity  format + VisualQuality-R1's in-batch rank fidelity
     threshold      format + Q-Insight's thresholded accuracy (1 if |s - MOS| < 0.35)
+    joint          (only with --arms) qponder's terms and weights, the consistency term multiplied by the accuracy
+                   term (``qponder_reward`` with ``consistency_gate: accuracy``): agreeing with a wrong reasoning
+                   earns nothing
 
 Per seed: the demo pipeline up to SFT (``qponder.demo.runner``; its own GRPO is the ``qponder`` arm), then every
 other arm's GRPO from that seed's SFT checkpoint with the demo's GRPO settings, then the test-split evaluation.
@@ -36,7 +39,12 @@ ARMS: dict[str, tuple[dict, ...]] = {
     "qponder": (),  # the demo's own stage 2 (qponder.demo.runner.DEMO_REWARDS)
     "rank_fidelity": (FORMAT, {"name": "rank_fidelity", "weight": 1.0}),
     "threshold": (FORMAT, {"name": "accuracy_threshold", "weight": 1.0, "params": {"tau": 0.35}}),
+    # qponder's terms and weights, the consistency term paid in proportion to the accuracy term
+    "joint": ({"name": "qponder_reward", "weight": 1.0,
+               "params": {"w_format": 0.5, "w_accuracy": 1.0, "w_consistency": 0.5, "consistency_gate": "accuracy",
+                          "accuracy_params": {"tau": 1.0}, "reader": "lexicon"}},),
 }
+DEFAULT_ARMS = ("accuracy", "qponder", "rank_fidelity", "threshold")  # the issue's four; "joint" on request
 METRICS = ("srcc", "plcc", "rmse", "consistency_srcc", "consistency_mae", "off_by_more_than_one_level",
            "distinct_answers", "answer_entropy_bits", "parse_failure_rate",
            "expected_srcc", "expected_plcc", "expected_distinct")  # expected_*: the expected-answer read-out
@@ -94,7 +102,7 @@ def aggregate(per_seed: dict, seeds, arms) -> tuple[dict, dict]:
     return table, paired
 
 
-def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str, ...] = tuple(ARMS),
+def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str, ...] = DEFAULT_ARMS,
         out: Path = Path("bench-out/rewards_ablation")) -> dict:
     from qponder.demo.runner import DemoSettings, eval_stage, grpo_settings, run_demo
     from qponder.train.grpo import run_grpo
@@ -207,7 +215,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny model, one seed, 2 GRPO steps (a smoke run)")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"of {', '.join(ARMS)}")
     ap.add_argument("--out", type=Path, default=Path("bench-out/rewards_ablation"))
     a = ap.parse_args(argv)
     res = run(quick=a.quick, seeds=tuple(int(s) for s in a.seeds.split(",")),

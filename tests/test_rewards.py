@@ -287,6 +287,25 @@ def test_qponder_reward_hand_values_gating_and_logging():
     assert all(isinstance(v, float) for _, v in rec.calls)
 
 
+def test_qponder_reward_consistency_gated_by_accuracy():
+    fn = R.build("qponder_reward", w_format=0.5, w_accuracy=1.0, w_consistency=2.0, consistency_gate="accuracy")
+    texts = [
+        done(FAIR, "3.50"),  # acc .5, cons .5 -> paid .25: .5 + .5 + 2*.25 = 1.5
+        done(BAD, "1.00"),   # agrees with its reasoning on a wrong level: acc 0 -> paid 0: .5 + 0 + 0 = 0.5
+        done(FAIR, "3.00"),  # right and consistent: acc 1, cons 1: .5 + 1 + 2 = 3.5
+    ]
+    rec = Recorder()
+    out = fn(prompts=None, completions=texts, mos=[3.0] * 3, image_id=list("abc"), log_metric=rec, **TRL_KWARGS)
+    assert out == pytest.approx([1.5, 0.5, 3.5])
+    p = "rewards/qponder_reward/"
+    assert rec.metrics[p + "consistency/mean"] == pytest.approx((0.5 + 1.0 + 1.0) / 3)  # what the reader found
+    assert rec.metrics[p + "consistency_paid/mean"] == pytest.approx((0.25 + 0.0 + 1.0) / 3)  # what was paid
+    # without the gate the consistent wrong answer collects the consistency term
+    assert R.build("qponder_reward", w_format=0.5, w_consistency=2.0)(completions=texts[1:2], mos=[3.0]) == [2.5]
+    with pytest.raises(QponderError, match="consistency_gate: 'mos' is not one of none, accuracy"):
+        R.build("qponder_reward", consistency_gate="mos")
+
+
 def test_qponder_reward_accuracy_variant():
     fn = R.build("qponder_reward", w_format=0.0, w_consistency=0.0, accuracy="accuracy_threshold",
                  accuracy_params={"tau": 0.6})

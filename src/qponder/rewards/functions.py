@@ -208,15 +208,26 @@ def _rank_fidelity(eps: float = RANK_EPS) -> RewardFunction:
     return RankFidelityReward(eps)
 
 
+CONSISTENCY_GATES = ("none", "accuracy")
+
+
 class QponderReward(RewardFunction):
-    """``w_format * format + w_accuracy * accuracy + w_consistency * consistency * format_ok``."""
+    """``w_format * format + w_accuracy * accuracy + w_consistency * consistency * format_ok``; with
+    ``consistency_gate: accuracy`` the consistency term is multiplied by the accuracy term, so agreeing with one's
+    own reasoning pays only as far as the answer is right (a sample whose reasoning and answer agree on a wrong
+    level gains nothing over one that is just wrong)."""
 
     def __init__(self, w_format: float = 1.0, w_accuracy: float = 1.0, w_consistency: float = 1.0,
                  accuracy: str = "accuracy", accuracy_params: Mapping[str, Any] | None = None,
                  reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
                  consistency_tau: float = 1.0, reader_fail_warn: float = 0.2, reader_fail_stop: float = 0.5,
-                 reader_fail_stop_calls: int = 20, name: str = "qponder_reward", **reader_kwargs: Any):
+                 reader_fail_stop_calls: int = 20, consistency_gate: str = "none", name: str = "qponder_reward",
+                 **reader_kwargs: Any):
         super().__init__(name)
+        if consistency_gate not in CONSISTENCY_GATES:
+            raise QponderError(f"{name}.consistency_gate: {consistency_gate!r} is not one of "
+                               f"{', '.join(CONSISTENCY_GATES)}")
+        self.gate = consistency_gate
         self.weights = {}
         for key, w in (("format", w_format), ("accuracy", w_accuracy), ("consistency", w_consistency)):
             try:
@@ -243,12 +254,16 @@ class QponderReward(RewardFunction):
         fmt = [1.0 if p.format_ok else 0.0 for p in parsed]
         acc = self.accuracy.values(parsed, mos)
         con, con_metrics = self.consistency.values(parsed)  # gated: only format_ok samples are read
+        paid = [c * a for c, a in zip(con, acc)] if self.gate == "accuracy" else con
         w = self.weights
-        total = [w["format"] * f + w["accuracy"] * a + w["consistency"] * c for f, a, c in zip(fmt, acc, con)]
+        total = [w["format"] * f + w["accuracy"] * a + w["consistency"] * c for f, a, c in zip(fmt, acc, paid)]
         metrics: dict[str, float] = {}
         for comp, vals in (("format", fmt), ("accuracy", acc), ("consistency", con)):
             for stat, v in reward_stats(vals).items():
                 metrics[f"{comp}/{stat}"] = v
+        if self.gate != "none":
+            for stat, v in reward_stats(paid).items():
+                metrics[f"consistency_paid/{stat}"] = v
         if "reader_fail_frac" in con_metrics:
             metrics["consistency/reader_fail_frac"] = con_metrics["reader_fail_frac"]
         return total, metrics
@@ -259,6 +274,8 @@ def _qponder_reward(w_format: float = 1.0, w_accuracy: float = 1.0, w_consistenc
                     accuracy: str = "accuracy", accuracy_params: Mapping[str, Any] | None = None,
                     reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
                     consistency_tau: float = 1.0, reader_fail_warn: float = 0.2, reader_fail_stop: float = 0.5,
-                    reader_fail_stop_calls: int = 20, **reader_kwargs: Any) -> RewardFunction:
+                    reader_fail_stop_calls: int = 20, consistency_gate: str = "none",
+                    **reader_kwargs: Any) -> RewardFunction:
     return QponderReward(w_format, w_accuracy, w_consistency, accuracy, accuracy_params, reader, reader_params,
-                         consistency_tau, reader_fail_warn, reader_fail_stop, reader_fail_stop_calls, **reader_kwargs)
+                         consistency_tau, reader_fail_warn, reader_fail_stop, reader_fail_stop_calls, consistency_gate,
+                         **reader_kwargs)
