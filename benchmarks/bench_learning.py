@@ -13,6 +13,7 @@ SRCC not below SFT's minus noise (the seed-to-seed spread).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -31,17 +32,20 @@ def _trend(points: list[float]) -> float | None:
     return statistics.fmean(points[-k:]) - statistics.fmean(points[:k])
 
 
-def _pooled_tokens(folder: Path, samples: list):
-    """Per image, the model's merged vision tokens pooled two ways: (raw mean, mean and spread of their unit
-    directions), as numpy arrays."""
+@functools.lru_cache(maxsize=8)
+def _pooled_tokens(folder: str, seed: int, split: str):
+    """Per image of a demo split, the model's merged vision tokens pooled two ways: (raw mean, mean and spread of
+    their unit directions), as numpy arrays. Cached: the probes of one model share one pass over the images."""
     import numpy as np
     import torch
 
     from qponder.data import load_image
+    from qponder.demo.data import load_demo_samples
     from qponder.demo.vision_proxy import encode
     from qponder.models import load_model_and_processor
 
-    lm = load_model_and_processor(str(folder), device="cpu", dtype="float32")
+    samples = load_demo_samples(split=split, seed=seed)
+    lm = load_model_and_processor(folder, device="cpu", dtype="float32")
     raw, unit = [], []
     for i in range(0, len(samples), 32):
         views = [np.asarray(load_image(s.image)) for s in samples[i:i + 32]]
@@ -54,7 +58,7 @@ def _pooled_tokens(folder: Path, samples: list):
 
 
 def _ridge(x_train, y_train, x_test, lam: float):
-    """Ridge regression on standardised columns (intercept unpenalised in effect: it is one column among many)."""
+    """Ridge regression on standardised columns plus an intercept column (penalised like the others)."""
     import numpy as np
 
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
@@ -63,13 +67,17 @@ def _ridge(x_train, y_train, x_test, lam: float):
     return b @ np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ y_train)
 
 
-def _measurements(samples: list):
+@functools.lru_cache(maxsize=8)
+def _measurements(seed: int, split: str):
+    """The rule teacher's 12 measurements of each image of a demo split (cached, as ``_pooled_tokens``)."""
     import numpy as np
 
     from qponder.data import load_image
+    from qponder.demo.data import load_demo_samples
     from qponder.demo.vision_proxy import global_targets
 
-    return np.stack([global_targets(np.asarray(load_image(s.image))) for s in samples])
+    return np.stack([global_targets(np.asarray(load_image(s.image)))
+                     for s in load_demo_samples(split=split, seed=seed)])
 
 
 def vision_probe(folder: Path, seed: int = 0) -> float:
@@ -81,7 +89,7 @@ def vision_probe(folder: Path, seed: int = 0) -> float:
     from qponder.demo.data import load_demo_samples
 
     train, test = load_demo_samples(split="train", seed=seed), load_demo_samples(split="test", seed=seed)
-    x_train, x_test = _pooled_tokens(folder, train)[1], _pooled_tokens(folder, test)[1]
+    x_train, x_test = _pooled_tokens(str(folder), seed, "train")[1], _pooled_tokens(str(folder), seed, "test")[1]
     pred = _ridge(x_train, [s.mos for s in train], x_test, 100.0)
     return float(spearmanr(pred, [s.mos for s in test]).correlation)
 
@@ -96,7 +104,7 @@ def measurement_probe(seed: int = 0) -> float:
     from qponder.demo.data import load_demo_samples
 
     train, test = load_demo_samples(split="train", seed=seed), load_demo_samples(split="test", seed=seed)
-    pred = _ridge(_measurements(train), [s.mos for s in train], _measurements(test), 10.0)
+    pred = _ridge(_measurements(seed, "train"), [s.mos for s in train], _measurements(seed, "test"), 10.0)
     return float(spearmanr(pred, [s.mos for s in test]).correlation)
 
 
@@ -112,8 +120,8 @@ def measurement_readout_probe(folder: Path, seed: int = 0) -> dict:
     from qponder.demo.vision_proxy import GLOBAL_TARGETS
 
     train, test = load_demo_samples(split="train", seed=seed), load_demo_samples(split="test", seed=seed)
-    m_train, m_test = _measurements(train), _measurements(test)
-    t_train, t_test = _pooled_tokens(folder, train)[0], _pooled_tokens(folder, test)[0]
+    m_train, m_test = _measurements(seed, "train"), _measurements(seed, "test")
+    t_train, t_test = _pooled_tokens(str(folder), seed, "train")[0], _pooled_tokens(str(folder), seed, "test")[0]
     read = np.stack([_ridge(t_train, m_train[:, j], t_test, 10.0) for j in range(m_train.shape[1])], 1)
     pred = _ridge(m_train, [s.mos for s in train], read, 10.0)
     r = {name: round(float(np.corrcoef(read[:, j], m_test[:, j])[0, 1]), 3) for j, name in enumerate(GLOBAL_TARGETS)}
