@@ -3,9 +3,12 @@
 Arms (each keeps the format reward at weight 0.5, as every peer's reward does):
 
     accuracy       format + linear accuracy max(0, 1 - |s - MOS|)
-    qponder        format + accuracy + consistency (lexicon reader): Q-Ponder's reading, the demo's stage 2
+    qponder        format + accuracy + consistency (lexicon reader, margin 0.5): Q-Ponder's reading, the demo's
+                   stage 2
     rank_fidelity  format + VisualQuality-R1's in-batch rank fidelity
     threshold      format + Q-Insight's thresholded accuracy (1 if |s - MOS| < 0.35)
+    qponder_point  (only with --arms) the qponder arm without the consistency margin (its peak exactly on the
+                   reader's value), as the demo had it before
     joint          (only with --arms) qponder's terms and weights, the consistency term multiplied by the accuracy
                    term (``qponder_reward`` with ``consistency_gate: accuracy``): agreeing with a wrong reasoning
                    earns nothing
@@ -39,12 +42,15 @@ ARMS: dict[str, tuple[dict, ...]] = {
     "qponder": (),  # the demo's own stage 2 (qponder.demo.runner.DEMO_REWARDS)
     "rank_fidelity": (FORMAT, {"name": "rank_fidelity", "weight": 1.0}),
     "threshold": (FORMAT, {"name": "accuracy_threshold", "weight": 1.0, "params": {"tau": 0.35}}),
+    "qponder_point": (FORMAT, {"name": "accuracy", "weight": 1.0, "params": {"tau": 1.0}},
+                      {"name": "consistency", "weight": 0.5, "params": {"reader": "lexicon"}}),
     # qponder's terms and weights, the consistency term paid in proportion to the accuracy term
     "joint": ({"name": "qponder_reward", "weight": 1.0,
                "params": {"w_format": 0.5, "w_accuracy": 1.0, "w_consistency": 0.5, "consistency_gate": "accuracy",
+                          "consistency_margin": 0.5,
                           "accuracy_params": {"tau": 1.0}, "reader": "lexicon"}},),
 }
-DEFAULT_ARMS = ("accuracy", "qponder", "rank_fidelity", "threshold")  # the issue's four; "joint" on request
+DEFAULT_ARMS = ("accuracy", "qponder", "rank_fidelity", "threshold")  # the issue's four; the others on request
 METRICS = ("srcc", "plcc", "rmse", "consistency_srcc", "consistency_mae", "off_by_more_than_one_level",
            "distinct_answers", "answer_entropy_bits", "parse_failure_rate",
            "expected_srcc", "expected_plcc", "expected_distinct")  # expected_*: the expected-answer read-out

@@ -219,3 +219,20 @@ def test_tiny_model_command_names_the_missing_qwen_tokens(tmp_path, capsys):
     assert "lacks the Qwen special token(s) <|endoftext|>, <|im_start|>" in err and "<|video_pad|>" in err
     assert cli_main(["tiny-model", str(tmp_path / "m"), "--tokenizer", str(tmp_path)]) == 2
     assert "not a tokenizer folder" in capsys.readouterr().err
+
+
+def test_the_demo_tokenizer_splits_text_as_qwens_does(real_tokenizer_dir, tiny_model_dir):
+    """The locally trained tokenizer has its own merges but Qwen's pre-tokenizer: the same split pattern and
+    byte-level mapping, so a score is written one digit per token, as a real Qwen model writes it (with two-digit
+    tokens the demo student wrote a score's fraction as one of 100 tokens, a different task than the real one's)."""
+    from transformers import AutoTokenizer
+
+    real = json.loads((real_tokenizer_dir / "tokenizer.json").read_text())["pre_tokenizer"]
+    demo = json.loads((tiny_model_dir / "tokenizer.json").read_text())["pre_tokenizer"]
+    assert demo == real
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    assert tok.tokenize("<answer>3.42</answer>") == ["<answer>", "3", ".", "4", "2", "</answer>"]
+    real_tok = AutoTokenizer.from_pretrained(str(real_tokenizer_dir))
+    text = "<think>It's sharp: 12 px edges, noise 0.05.\nOverall, the quality is good.</think>\n<answer>4.61</answer>"
+    pre = tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)
+    assert pre == real_tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)

@@ -200,7 +200,7 @@ def test_consistency_tau_require_format_and_a_custom_reader():
         R.build("consistency", reader="nope")
     with pytest.raises(QponderError, match="consistency: unknown parameter 'taux'; valid: reader, reader_params, "
                                            "tau, require_format, reader_fail_warn, reader_fail_stop, "
-                                           "reader_fail_stop_calls, or the lexicon reader's: none"):
+                                           "reader_fail_stop_calls, margin, or the lexicon reader's: none"):
         R.build("consistency", taux=1.0)
     with pytest.raises(QponderError, match="qponder_reward: unknown parameter 'modle'.*levels reader's: model"):
         R.build("qponder_reward", reader="levels", modle="x")
@@ -304,6 +304,22 @@ def test_qponder_reward_consistency_gated_by_accuracy():
     assert R.build("qponder_reward", w_format=0.5, w_consistency=2.0)(completions=texts[1:2], mos=[3.0]) == [2.5]
     with pytest.raises(QponderError, match="consistency_gate: 'mos' is not one of none, accuracy"):
         R.build("qponder_reward", consistency_gate="mos")
+
+
+def test_consistency_margin_pays_in_full_inside_the_band_around_the_reasoning():
+    """With a margin the consistency term is flat within it (no pull onto the reader's value), linear outside."""
+    assert R.consistency_score(3.0, 3.4, margin=0.5) == 1.0
+    assert R.consistency_score(3.0, 3.9, margin=0.5) == pytest.approx(0.6)  # 1 - (0.9 - 0.5)
+    assert R.consistency_score(3.0, 3.9) == pytest.approx(0.1)  # no margin: 1 - 0.9
+    assert R.consistency_score(None, 3.0, margin=0.5) == 0.0
+    texts = [done(FAIR, "3.40"), done(FAIR, "2.00"), done(FAIR, "4.75")]  # the reader: FAIR -> 3.0
+    assert R.build("consistency", margin=0.5)(completions=texts, mos=[3.0] * 3) == pytest.approx([1.0, 0.5, 0.0])
+    fn = R.build("qponder_reward", w_format=0.0, w_accuracy=0.0, w_consistency=1.0, consistency_margin=0.5)
+    assert fn(completions=texts, mos=[3.0] * 3) == pytest.approx([1.0, 0.5, 0.0])
+    with pytest.raises(QponderError, match=r"consistency.margin must be a number >= 0, got -0.1"):
+        R.build("consistency", margin=-0.1)
+    with pytest.raises(QponderError, match=r"qponder_reward.consistency_margin must be a number >= 0, got 'x'"):
+        R.build("qponder_reward", consistency_margin="x")
 
 
 def test_qponder_reward_accuracy_variant():

@@ -126,9 +126,11 @@ def _check_resume_settings(out: Path, cfg: DemoSettings) -> None:
         write_json_atomic(mine, path)
 
 
-#: Q-Ponder's reading of the stage-2 reward (format + accuracy + consistency; see ``qponder.rewards``).
+#: Q-Ponder's reading of the stage-2 reward (format + accuracy + consistency; see ``qponder.rewards``). The
+#: consistency term pays in full within half a level of what the reasoning says: without that margin its peak on
+#: the lexicon's few values drew the answers onto them (README, *Performance*).
 DEMO_REWARDS = ({"name": "format", "weight": 0.5}, {"name": "accuracy", "weight": 1.0, "params": {"tau": 1.0}},
-                {"name": "consistency", "weight": 0.5, "params": {"reader": "lexicon"}})
+                {"name": "consistency", "weight": 0.5, "params": {"reader": "lexicon", "margin": 0.5}})
 
 
 def grpo_settings(cfg: DemoSettings, sft_final: Path, out: Path, rewards=None):

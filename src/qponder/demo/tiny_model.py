@@ -1,7 +1,8 @@
 """Tiny Qwen-VL models built offline: the demo's and the tests' stand-in for a downloaded checkpoint.
 
 ``build_tiny_model(out_dir, ...)`` makes a randomly initialised Qwen2-VL / Qwen2.5-VL / Qwen3-VL model with a locally
-trained byte-level BPE tokenizer carrying the Qwen special tokens (or a real tokenizer from a folder, ``tokenizer=``),
+trained byte-level BPE tokenizer carrying the Qwen special tokens and Qwen's pre-tokenizer (so numbers are written
+one digit per token, as a real Qwen model writes them), or a real tokenizer from a folder (``tokenizer=``),
 the real chat template (from TRL), and a small image-pixel budget, and saves it as an ordinary model folder, the seam
 through which the core loads it (``qponder.models.load_model_and_processor``). Nothing is downloaded.
 """
@@ -24,6 +25,9 @@ QWEN_SPECIAL_TOKENS = [
     "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
+# The pre-tokenizer split pattern of Qwen2/2.5/3's tokenizer.json (every digit stands alone: \p{N}).
+QWEN_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                      r"\s*[\r\n]+|\s+(?!\S)|\s+")
 # Added (non-special) tokens. Qwen3's real tokenizer has the first four so; the <answer> tags are added here alone
 # (the real one writes "<answer>" as '<', 'answer', '>'; tests/test_real_tokenizer.py).
 QWEN_ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>", "<answer>", "</answer>"]
@@ -83,11 +87,15 @@ def _tokenizer_corpus(n: int = 6000, seed: int = 0) -> list[str]:
 
 def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
     """Byte-level BPE trained locally (no download), wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Qwen's own pre-tokenization: its split pattern (one token per digit, so a score is written digit by digit as
+    # the real model writes it), then byte-level mapping.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS,

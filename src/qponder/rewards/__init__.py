@@ -29,9 +29,12 @@ reasoning consistency" (the abstract of Cai et al., "Q-Ponder: A Unified Trainin
 Visual Quality Assessment", arXiv:2506.05384, https://arxiv.org/abs/2506.05384); its exact formula is UNKNOWN (the
 paper body could not be read, no code is released). Our reading: the reasoning alone should imply the score the
 model gives. A *reader* sees only the reasoning (no image, no answer) and returns the score ``s_r`` it implies; the
-reward is ``max(0, 1 - |s_r - s| / tau_c)`` with tau_c = 1.0. It rewards agreement between the two halves of the
-output, not correctness (accuracy does that), which is what stops the policy from drifting into a fixed boilerplate
-rationale followed by an unrelated number. Readers, by name:
+reward is ``max(0, 1 - max(0, |s_r - s| - margin) / tau_c)`` with tau_c = 1.0 and margin 0 by default. It rewards
+agreement between the two halves of the output, not correctness (accuracy does that), which is what stops the policy
+from drifting into a fixed boilerplate rationale followed by an unrelated number. Without a margin its peak sits
+exactly on ``s_r``, and a reader that knows only a few values (the lexicon on templated reasoning) pulls the answers
+onto them; ``margin: 0.5`` (``consistency_margin`` in ``qponder_reward``) pays in full anywhere inside the level the
+reasoning names and leaves the answer's place there to accuracy. Readers, by name:
 
 * ``lexicon`` (default; cheap, deterministic, CPU) — :func:`lexicon_score`, documented there. Numbers written in the
   reasoning are deliberately ignored: otherwise copying the answer into the reasoning would max out the reward.

@@ -152,3 +152,10 @@ def _positive(value: Any, what: str) -> float:
     if not (v > 0 and math.isfinite(v)):
         raise QponderError(f"{what} must be a positive number, got {value!r}")
     return v
+
+
+def _non_negative(value: Any, what: str) -> float:
+    v = _as_float(value)
+    if not (v >= 0 and math.isfinite(v)):
+        raise QponderError(f"{what} must be a number >= 0, got {value!r}")
+    return v

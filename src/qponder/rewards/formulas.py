@@ -32,11 +32,13 @@ def gaussian_accuracy(score: float | None, mos: float, sigma: float = 0.5) -> fl
     return math.exp(-d * d / (2.0 * sigma * sigma))
 
 
-def consistency_score(implied: float | None, score: float | None, tau: float = 1.0) -> float:
-    """``max(0, 1 - |implied - score| / tau)``; 0 when either is missing."""
+def consistency_score(implied: float | None, score: float | None, tau: float = 1.0, margin: float = 0.0) -> float:
+    """``max(0, 1 - max(0, |implied - score| - margin) / tau)``; 0 when either is missing. With a ``margin`` every
+    answer within it of the reasoning's score is fully consistent (e.g. 0.5: inside the level the reasoning names),
+    so the term stops pulling answers onto the reader's few values and leaves their placement to accuracy."""
     if implied is None or score is None:
         return 0.0
-    return max(0.0, 1.0 - abs(implied - score) / tau)
+    return max(0.0, 1.0 - max(0.0, abs(implied - score) - margin) / tau)
 
 
 RANK_EPS = 1e-8

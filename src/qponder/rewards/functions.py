@@ -11,8 +11,8 @@ from typing import Any
 
 from qponder.errors import QponderError
 from qponder.parsing import ParsedCompletion
-from qponder.rewards.base import (RewardFunction, _as_float, _column, _mos_column, _named_params, _positive,
-                                  reward_stats)
+from qponder.rewards.base import (RewardFunction, _as_float, _column, _mos_column, _named_params, _non_negative,
+                                  _positive, reward_stats)
 from qponder.rewards.formulas import RANK_EPS, consistency_score, rank_fidelity
 from qponder.rewards.formulas import gaussian_accuracy, linear_accuracy, threshold_accuracy  # the _ACCURACY table
 from qponder.rewards.readers import _READERS, Reader, build_reader
@@ -141,17 +141,19 @@ class ReaderFailureWatch:
 
 
 class ConsistencyReward(RewardFunction):
-    """``max(0, 1 - |reader(reasoning) - score| / tau)``; the reader sees only samples with reasoning and score
+    """``max(0, 1 - max(0, |reader(reasoning) - score| - margin) / tau)``; the reader sees only samples with
+    reasoning and score
     (and, with ``require_format``, the default, only well-formed ones: a broken output cannot collect it). The
     reader's failure share is watched by a :class:`ReaderFailureWatch` (``reader_fail_*`` parameters)."""
 
     def __init__(self, reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
                  tau: float = 1.0, require_format: bool = True, reader_fail_warn: float = 0.2,
-                 reader_fail_stop: float = 0.5, reader_fail_stop_calls: int = 20, name: str = "consistency",
-                 **reader_kwargs: Any):
+                 reader_fail_stop: float = 0.5, reader_fail_stop_calls: int = 20, margin: float = 0.0,
+                 name: str = "consistency", **reader_kwargs: Any):
         super().__init__(name)
         self.reader = _reader_from_params(name, _named_params(_consistency), reader, reader_params, reader_kwargs)
         self.tau = _positive(tau, f"{name}.tau")
+        self.margin = _non_negative(margin, f"{name}.margin")
         self.require_format = bool(require_format)
         self.failure_watch: ReaderFailureWatch | None = ReaderFailureWatch(
             name, _reader_label(reader), reader_fail_warn, reader_fail_stop, reader_fail_stop_calls)
@@ -171,7 +173,7 @@ class ConsistencyReward(RewardFunction):
             if s_r is None or not math.isfinite(s_r):
                 fails += 1
                 continue
-            out[i] = consistency_score(float(s_r), parsed[i].score, self.tau)
+            out[i] = consistency_score(float(s_r), parsed[i].score, self.tau, self.margin)
         metrics["reader_fail_frac"] = fails / len(eligible)
         if self.failure_watch is not None:
             self.failure_watch.observe(fails, len(eligible))
@@ -184,10 +186,10 @@ class ConsistencyReward(RewardFunction):
 @register_reward("consistency")
 def _consistency(reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
                  tau: float = 1.0, require_format: bool = True, reader_fail_warn: float = 0.2,
-                 reader_fail_stop: float = 0.5, reader_fail_stop_calls: int = 20,
+                 reader_fail_stop: float = 0.5, reader_fail_stop_calls: int = 20, margin: float = 0.0,
                  **reader_kwargs: Any) -> RewardFunction:
     return ConsistencyReward(reader, reader_params, tau, require_format, reader_fail_warn, reader_fail_stop,
-                             reader_fail_stop_calls, **reader_kwargs)
+                             reader_fail_stop_calls, margin, **reader_kwargs)
 
 
 class RankFidelityReward(RewardFunction):
@@ -221,8 +223,8 @@ class QponderReward(RewardFunction):
                  accuracy: str = "accuracy", accuracy_params: Mapping[str, Any] | None = None,
                  reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
                  consistency_tau: float = 1.0, reader_fail_warn: float = 0.2, reader_fail_stop: float = 0.5,
-                 reader_fail_stop_calls: int = 20, consistency_gate: str = "none", name: str = "qponder_reward",
-                 **reader_kwargs: Any):
+                 reader_fail_stop_calls: int = 20, consistency_gate: str = "none", consistency_margin: float = 0.0,
+                 name: str = "qponder_reward", **reader_kwargs: Any):
         super().__init__(name)
         if consistency_gate not in CONSISTENCY_GATES:
             raise QponderError(f"{name}.consistency_gate: {consistency_gate!r} is not one of "
@@ -242,7 +244,8 @@ class QponderReward(RewardFunction):
         self.accuracy: AccuracyReward = build(accuracy, **dict(accuracy_params or {}))  # type: ignore[assignment]
         own = _named_params(_qponder_reward)
         self.consistency = ConsistencyReward(_reader_from_params(name, own, reader, reader_params, reader_kwargs),
-                                             None, consistency_tau, require_format=True)
+                                             None, consistency_tau, require_format=True,
+                                             margin=_non_negative(consistency_margin, f"{name}.consistency_margin"))
         # The watch names this reward and the reader as configured, not the inner term and the built object; with
         # w_consistency 0 the term only shows in the logs, so a failing reader cannot spoil training: not watched.
         watch = ReaderFailureWatch(name, _reader_label(reader), reader_fail_warn, reader_fail_stop,
@@ -274,8 +277,8 @@ def _qponder_reward(w_format: float = 1.0, w_accuracy: float = 1.0, w_consistenc
                     accuracy: str = "accuracy", accuracy_params: Mapping[str, Any] | None = None,
                     reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
                     consistency_tau: float = 1.0, reader_fail_warn: float = 0.2, reader_fail_stop: float = 0.5,
-                    reader_fail_stop_calls: int = 20, consistency_gate: str = "none",
+                    reader_fail_stop_calls: int = 20, consistency_gate: str = "none", consistency_margin: float = 0.0,
                     **reader_kwargs: Any) -> RewardFunction:
     return QponderReward(w_format, w_accuracy, w_consistency, accuracy, accuracy_params, reader, reader_params,
                          consistency_tau, reader_fail_warn, reader_fail_stop, reader_fail_stop_calls, consistency_gate,
-                         **reader_kwargs)
+                         consistency_margin, **reader_kwargs)
