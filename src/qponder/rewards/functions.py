@@ -142,9 +142,9 @@ class ReaderFailureWatch:
 
 class ConsistencyReward(RewardFunction):
     """``max(0, 1 - max(0, |reader(reasoning) - score| - margin) / tau)``; the reader sees only samples with
-    reasoning and score
-    (and, with ``require_format``, the default, only well-formed ones: a broken output cannot collect it). The
-    reader's failure share is watched by a :class:`ReaderFailureWatch` (``reader_fail_*`` parameters)."""
+    reasoning and score (and, with ``require_format``, the default, only well-formed ones: a broken output cannot
+    collect it). The reader's failure share is watched by a :class:`ReaderFailureWatch` (``reader_fail_*``
+    parameters)."""
 
     def __init__(self, reader: str | Reader = "lexicon", reader_params: Mapping[str, Any] | None = None,
                  tau: float = 1.0, require_format: bool = True, reader_fail_warn: float = 0.2,
