@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Weight-initialisation seed (same seed -> same weights)."),
         vision_pretrain_samples: int = typer.Option(
             0, help="> 0: proxy-pretrain the vision tower on this many distorted views of the demo's training "
-                    "photographs (no labels; what `qponder demo` does, about 3 min for 3000 on 2 cores)."),
+                    "photographs (no labels; what `qponder demo` does, about 5 min for 6000 on 2 cores)."),
         vision_pretrain_epochs: int = typer.Option(2, help="Epochs of the proxy pretraining."),
         demo_seed: int = typer.Option(0, help="Demo split whose training photographs the proxy pretraining uses."),
         tokenizer: Path = typer.Option(

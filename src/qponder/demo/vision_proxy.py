@@ -39,7 +39,7 @@ MAX_GRID = 8  # merged tokens per side of a view (8 x 8 = the small model's 64-t
 
 @dataclass
 class VisionProxySettings:
-    samples: int = 3000             # distorted views generated from the references
+    samples: int = 6000             # distorted views of the references (3000 left the tower undertrained: README)
     epochs: int = 2
     batch_size: int = 16
     learning_rate: float = 1e-3
