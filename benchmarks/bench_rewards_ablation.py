@@ -20,7 +20,8 @@ mean +- std over seeds and the paired difference to SFT, plus the share of zero-
 val-SRCC change during GRPO. Targets (issue 15; stated and reported, never asserted): the qponder arm beats SFT on
 SRCC and PLCC in the mean and in at least 2 of 3 seeds; its mean |s_r - s| is below SFT's and the accuracy arm's;
 distinct answers on the test split >= 30 of 120; SFT SRCC >= 0.6; the whole run <= 90 minutes on 2 cores.
-Every run resumes (finished arms are kept).
+Every run resumes (finished arms are kept). Writes ``ablation.json``, ``ablation.md`` (the table) and
+``ablation.png`` (per metric, each arm's value per seed) under ``--out``.
 
     python -m benchmarks.bench_rewards_ablation [--quick] [--seeds 0,1,2] [--arms qponder,accuracy,...]
         [--out bench-out/rewards_ablation]
@@ -118,8 +119,10 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str
         raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     if quick:
         seeds, out = seeds[:1], out / "quick"
+    # --quick is a smoke run of the plumbing (and the suite's test of it): short completions and two val points keep
+    # it short; its numbers mean nothing
     quick_set = {"model_size": "tiny", "sft_epochs": 0.1, "grpo_steps": 2, "grpo_batch_size": 8,
-                 "grpo_num_generations": 4, "grpo_val_every": 1, "eval_max_samples": 8,
+                 "grpo_num_generations": 4, "grpo_val_every": 2, "eval_max_samples": 8, "max_new_tokens": 48,
                  "vision_pretrain_samples": 64, "vision_pretrain_epochs": 1} if quick else {}
     per_seed: dict[int, dict] = {}
     for seed in seeds:
@@ -176,7 +179,22 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(result, indent=2))
     (out / "ablation.md").write_text(markdown(result))
+    plot(result, out / "ablation.png")
     return result
+
+
+PLOTTED = {"SRCC": "srcc", "PLCC": "plcc", "mean |s_r - s| (lower: reasoning agrees)": "consistency_mae",
+           "distinct answers (of the test split)": "distinct_answers"}
+
+
+def plot(result: dict, path: Path) -> Path:
+    """The table as a figure: per metric, every stage/arm's value per seed (a line per seed, so paired wins show)."""
+    from qponder.report import paired_seed_plot
+
+    seeds, stages = result["seeds"], list(result["summary"])
+    panels = {title: {s: [result["per_seed"][k]["results"][s].get(metric) for k in seeds] for s in stages}
+              for title, metric in PLOTTED.items()}
+    return paired_seed_plot(panels, seeds, path, f"Stage-2 reward ablation, test split ({result['command']})")
 
 
 def _lt(a, b):

@@ -25,6 +25,7 @@ def test_quick_ablation_trains_each_arm_from_the_same_sft_checkpoint(tmp_path):
     saved = json.loads((tmp_path / "quick" / "ablation.json").read_text())
     assert saved["arms"] == ["accuracy", "rank_fidelity", "qponder"]
     assert "| rank_fidelity |" in (tmp_path / "quick" / "ablation.md").read_text()
+    assert (tmp_path / "quick" / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_paired_difference_to_sft_per_seed_and_the_table():

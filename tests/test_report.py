@@ -158,6 +158,24 @@ def test_curve_plot(tmp_path):
     _assert_png(report.curve_plot({"loss": []}, tmp_path / "empty.png", "SFT loss", "step", "loss"), 2000)
 
 
+def test_paired_seed_plot_draws_each_seed_across_arms_and_the_mean(tmp_path, monkeypatch):
+    figures = []
+    save_png = report._save_png
+    monkeypatch.setattr(report, "_save_png", lambda fig, path: figures.append(fig) or save_png(fig, path))
+    panels = {"SRCC": {"sft": [0.4, 0.65, 0.66], "qponder": [0.61, 0.72, None]},
+              "mean |s_r - s|": {"sft": [0.77, 0.51, 0.70], "qponder": [0.47, 0.49, 0.72]}}
+    _assert_png(report.paired_seed_plot(panels, [0, 1, 2], tmp_path / "ablation.png", "stage-2 arms"))
+    srcc_ax, mae_ax = figures[0].axes
+    assert [t.get_text() for t in srcc_ax.get_xticklabels()] == ["sft", "qponder"]
+    bars = [p.get_height() for p in srcc_ax.patches]
+    assert bars == pytest.approx([(0.4 + 0.65 + 0.66) / 3, (0.61 + 0.72) / 2])  # a missing seed is left out
+    lines = srcc_ax.get_lines()
+    assert len(lines) == 3 and list(lines[0].get_ydata()) == pytest.approx([0.4, 0.61])  # seed 0, joined across arms
+    assert math.isnan(lines[2].get_ydata()[1])
+    mae_means = [(0.77 + 0.51 + 0.70) / 3, (0.47 + 0.49 + 0.72) / 3]
+    assert [p.get_height() for p in mae_ax.patches] == pytest.approx(mae_means)
+
+
 # --------------------------------------------------------------------------------------------------- io
 
 

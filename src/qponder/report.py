@@ -234,6 +234,37 @@ def scatter_plot(
     return _save_png(fig, path)
 
 
+def paired_seed_plot(
+    panels: Mapping[str, Mapping[str, Sequence[float | None]]],
+    seeds: Sequence[Any],
+    path: str | os.PathLike[str],
+    title: str,
+) -> Path:
+    """PNG of a paired comparison: one panel per metric (``{metric: {arm: [value per seed]}}``), each arm's seeds as
+    points joined across arms by one line per seed (so a reader sees whether an arm wins per seed, not only in the
+    mean) and the mean over seeds as a bar. Missing values (None/NaN) are left out. Returns the written path."""
+    import numpy as np
+
+    fig = _new_figure(4.2 * max(len(panels), 1), 4.4)
+    for i, (metric, arms) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, max(len(panels), 1), i + 1)
+        names = list(arms)
+        x = np.arange(len(names), dtype=float)
+        vals = np.array([[np.nan if v is None else float(v) for v in arms[a]] for a in names], dtype=float)
+        means = [float(np.nanmean(r)) if np.isfinite(r).any() else np.nan for r in vals]
+        ax.bar(x, means, width=0.6, color="0.85", edgecolor="0.5", label="mean over seeds")
+        for j, seed in enumerate(seeds):
+            col = vals[:, j] if j < vals.shape[1] else np.full(len(names), np.nan)
+            ax.plot(x, col, marker="o", markersize=4, lw=1, alpha=0.8, label=f"seed {seed}")
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_title(metric)
+        ax.grid(True, axis="y", alpha=0.3)
+        if i == 0:
+            ax.legend(loc="best", fontsize="small")
+    fig.suptitle(title)
+    return _save_png(fig, path)
+
+
 def curve_plot(
     series: Mapping[str, Sequence[tuple[float, float]]],
     path: str | os.PathLike[str],
