@@ -61,7 +61,7 @@ demo: $(STAMP)
 test: $(STAMP) $(QWEN_TOKENIZER_STAMP) chromium
 	$(PY) -m pytest -q
 
-## Benchmarks (speed/memory ratios, the learning curve, the stage-2 reward ablation: about 2 hours); writes bench-out/.
+## Benchmarks (speed/memory ratios, the learning curve, the stage-2 reward ablation: hours on 2 cores, README Performance); writes bench-out/.
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
