@@ -48,7 +48,8 @@ def measure(model: str, rows: list[dict], batch_size: int = 8) -> dict:
 
     rows = [r for r in rows if r.get("score") is not None and r.get("reasoning")]
     if not rows:
-        raise SystemExit("no prediction with both a score and its reasoning (score with --keep-reasoning / readout)")
+        raise SystemExit("no prediction with both a score and its reasoning (use a predictions.jsonl written by "
+                         "qponder eval or score with a generating read-out)")
     scorer = QualityScorer(model, device="cpu", dtype="float32")
     tok = scorer.processor.tokenizer
     digit_ids = []
