@@ -38,19 +38,19 @@ def digit_certainty(leading: Sequence[Sequence[float]], tenths: Sequence[Sequenc
 
 
 def measure(model: str, rows: list[dict], batch_size: int = 8) -> dict:
-    """:func:`digit_certainty` of ``model`` on prediction ``rows`` (``path``, ``reasoning``, ``score`` each)."""
+    """:func:`digit_certainty` of ``model`` on prediction ``rows`` (``path``, ``reasoning``, ``score`` each), read
+    from the logits the expected read-out uses (``QualityScorer.answer_logits``). Answers of 5 have no tenths
+    digit to doubt (5 can only be 5.00) and are left out."""
     import torch
     from PIL import Image
 
     from qponder.infer import QualityScorer
-    from qponder.parsing import ANSWER_OPEN
-    from qponder.prompts import think_block
 
-    rows = [r for r in rows if r.get("score") is not None and r.get("reasoning")]
+    rows = [r for r in rows if r.get("score") is not None and r.get("reasoning") and float(r["score"]) < 5]
     if not rows:
-        raise SystemExit("no prediction with both a score and its reasoning (use a predictions.jsonl written by "
-                         "qponder eval or score with a generating read-out)")
-    scorer = QualityScorer(model, device="cpu", dtype="float32")
+        raise SystemExit("no prediction below 5 with both a score and its reasoning (use a predictions.jsonl written "
+                         "by qponder eval or score with a generating read-out)")
+    scorer = QualityScorer(model, device="cpu", dtype="float32", batch_size=batch_size)
     tok = scorer.processor.tokenizer
     digit_ids = []
     for d in range(10):
@@ -62,13 +62,11 @@ def measure(model: str, rows: list[dict], batch_size: int = 8) -> dict:
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         images = [Image.open(r["path"]).convert("RGB") for r in chunk]
-        prefixes = [think_block(r["reasoning"]) + ANSWER_OPEN for r in chunk]
-        written = [f"{int(float(r['score']))}." for r in chunk]  # the leading digit the model wrote
-        for target, texts in ((leading, prefixes), (tenths, [p + w for p, w in zip(prefixes, written)])):
-            inputs = scorer._inputs(images, scorer._texts(len(chunk), scorer.prompt, None, texts))
-            with torch.inference_mode():
-                logits = scorer.model(**inputs, logits_to_keep=1).logits[:, -1, digit_ids].float()
-            target.extend(torch.softmax(logits, -1).tolist())
+        lead, fraction = scorer.answer_logits(images, [r["reasoning"] for r in chunk])
+        written = torch.tensor([int(float(r["score"])) - 1 for r in chunk])  # the leading digit the model wrote
+        after = fraction[torch.arange(len(chunk)), written]  # the logits after "<answer>d." for that digit
+        leading.extend(torch.softmax(lead[:, digit_ids].float(), -1).tolist())
+        tenths.extend(torch.softmax(after[:, digit_ids].float(), -1).tolist())
     return {"model": model, **digit_certainty(leading, tenths)}
 
 

@@ -25,14 +25,14 @@ def test_digit_certainty_by_hand():
         A.digit_certainty([], [])
 
 
-def test_measure_on_the_tiny_model_leaves_out_unscored_rows(tiny_model_dir, tmp_path):
+def test_measure_on_the_tiny_model_leaves_out_unscored_rows_and_fives(tiny_model_dir, tmp_path):
     rows = []
-    for i, score in enumerate((2.4, 4.75, None)):
+    for i, score in enumerate((2.4, 4.75, 5.0, None)):
         path = tmp_path / f"im{i}.png"
-        Image.new("RGB", (56, 56), (60 * i, 120, 200)).save(path)
+        Image.new("RGB", (56, 56), (50 * i, 120, 200)).save(path)
         rows.append({"path": str(path), "score": score, "reasoning": "Sharp. Overall, the quality is good."})
     res = A.measure(str(tiny_model_dir), rows, batch_size=2)
-    assert res["n"] == 2  # the unscored row is left out
+    assert res["n"] == 2  # the unscored row and the 5.00 (no tenths digit to doubt) are left out
     assert 0.1 <= res["tenths_top_p"] <= 1.0 and 0.0 <= res["tenths_entropy_bits"] <= math.log2(10) + 1e-6
     assert 0.0 < res["leading_top_p"] <= 1.0 and sum(res["tenths_argmax"].values()) == 2
     json.dumps(res)  # the command prints it

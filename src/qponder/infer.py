@@ -289,16 +289,22 @@ class QualityScorer:
 
     # -- expected answer ---------------------------------------------------------------------------------------
     def expected_scores(self, images: list, reasonings: list[str | None]) -> list[float]:
-        """The expected answer after each image's reasoning (see the module docstring): one forward pass for the
-        leading digit, one per leading digit 1-4 for the fraction, in batches of ``batch_size`` rows."""
-        import torch
-
-        from qponder.parsing import ANSWER_OPEN
-
+        """The expected answer after each image's reasoning (see the module docstring)."""
         if not images:
             return []
         if self._answer_tokens is None:
             self._answer_tokens = answer_tokens(self.processor.tokenizer)
+        leading, fraction = self.answer_logits(images, reasonings)
+        return expected_answer(leading, fraction, self._answer_tokens)
+
+    def answer_logits(self, images: list, reasonings: list[str | None]):
+        """Next-token logits after each image's reasoning and ``<answer>`` (n, vocab), and after ``<answer>d.`` for
+        d = 1..4 (n, 4, vocab): what the expected read-out averages. One forward pass for the leading digit, one per
+        leading digit 1-4 for the fraction, in batches of ``batch_size`` rows."""
+        import torch
+
+        from qponder.parsing import ANSWER_OPEN
+
         prefixes = [(think_block(r) if r else "") + ANSWER_OPEN for r in reasonings]
         rows = [(i, p) for i, p in enumerate(prefixes)] + [(i, p + f"{d}.") for i, p in enumerate(prefixes)
                                                             for d in range(1, 5)]
@@ -311,7 +317,7 @@ class QualityScorer:
                 last.append(self.model(**inputs, logits_to_keep=1).logits[:, -1, :])
         logits = torch.cat(last)
         n = len(images)
-        return expected_answer(logits[:n], logits[n:].view(n, 4, -1), self._answer_tokens)
+        return logits[:n], logits[n:].view(n, 4, -1)
 
     # -- the public entry point --------------------------------------------------------------------------------
     def score_batch(self, images: list, names: list[str], *, samples: int = 1, readout: str = "generate",
