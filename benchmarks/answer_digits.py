@@ -6,6 +6,12 @@ the leading digit, and for the tenths digit after the leading digit the model ac
 distribution (entropy near log2(10) = 3.32 bits) means greedy decoding writes a habitual digit there whatever the
 image: the answers collapse because the model does not know the digit, not because the data lack spread.
 
+It also asks whether the answer's digits follow the level word the reasoning names. A level spans half a point
+either side of its value ("good" = 4: [3.5, 4.5)), so its answers start with 3 (tenths 5-9) or 4 (tenths 0-4): the
+tenths digit has to follow both the level word and the leading digit. ``tenths_in_level_mass`` is the probability
+the model puts on the tenths digits that keep its answer inside the named level, given the leading digit it wrote
+(0.5 for a digit that ignores the level, 1.0 for the teacher's targets).
+
     python -m benchmarks.answer_digits MODEL PREDICTIONS.jsonl [--batch-size 8]
 """
 
@@ -14,9 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections import Counter
-from typing import Sequence
+from typing import Optional, Sequence
+
+from qponder.prompts import LEVELS
+
+_LEVEL_WORDS = {w.strip(): int(v) for w, v in LEVELS}
+_LEVEL_RE = re.compile(r"\b(" + "|".join(_LEVEL_WORDS) + r")\b", re.IGNORECASE)
 
 
 def digit_certainty(leading: Sequence[Sequence[float]], tenths: Sequence[Sequence[float]]) -> dict:
@@ -35,6 +47,41 @@ def digit_certainty(leading: Sequence[Sequence[float]], tenths: Sequence[Sequenc
             "tenths_top_p": sum(max(p) for p in tenths) / n,
             "tenths_entropy_bits": sum(entropy(p) for p in tenths) / n,
             "tenths_entropy_bits_uniform": math.log2(10), "tenths_argmax": dict(argmax.most_common())}
+
+
+def named_level(reasoning: Optional[str]) -> Optional[int]:
+    """The 1-5 level of the last level word (bad .. excellent) in a reasoning: its verdict; None without one."""
+    found = _LEVEL_RE.findall(reasoning or "")
+    return _LEVEL_WORDS[found[-1].lower()] if found else None
+
+
+def in_level_tenths(level: int, leading: int) -> Optional[range]:
+    """The tenths digits that keep an answer starting with ``leading`` inside ``level``'s half-point span either side
+    of its value (on the 1-5 scale), or None when no answer starting with that digit can lie there."""
+    if leading == level - 1 and leading >= 1:
+        return range(5, 10)
+    if leading == level:
+        return range(0, 5)
+    return None
+
+
+def level_agreement(levels: Sequence[Optional[int]], answers: Sequence[float],
+                    tenths: Sequence[Sequence[float]]) -> dict:
+    """Do the answers follow the level their reasoning names? ``levels[i]``: :func:`named_level` of the i-th
+    reasoning; ``answers[i]``: its answer (below 5); ``tenths[i]``: the tenths digit's 10 probabilities after the
+    answer's leading digit. Over the answers with a named level: ``answers_in_level``, the share inside it
+    (:func:`qponder.metrics.level_index`); ``leading_in_level``, the share whose leading digit can lie in it;
+    ``tenths_in_level_mass``, among those, the mean probability of the tenths digits that keep the answer there."""
+    from qponder.metrics import level_index
+
+    named = [(lv, a, p) for lv, a, p in zip(levels, answers, tenths) if lv is not None]
+    fits = [(in_level_tenths(lv, int(a)), p) for lv, a, p in named]
+    fits = [(r, p) for r, p in fits if r is not None]
+    n = len(named)
+    return {"n_named_level": n,
+            "answers_in_level": sum(level_index(a) == lv for lv, a, _ in named) / n if n else math.nan,
+            "leading_in_level": len(fits) / n if n else math.nan,
+            "tenths_in_level_mass": sum(sum(p[t] for t in r) for r, p in fits) / len(fits) if fits else math.nan}
 
 
 def measure(model: str, rows: list[dict], batch_size: int = 8) -> dict:
@@ -67,7 +114,8 @@ def measure(model: str, rows: list[dict], batch_size: int = 8) -> dict:
         after = fraction[torch.arange(len(chunk)), written]  # the logits after "<answer>d." for that digit
         leading.extend(torch.softmax(lead[:, digit_ids].float(), -1).tolist())
         tenths.extend(torch.softmax(after[:, digit_ids].float(), -1).tolist())
-    return {"model": model, **digit_certainty(leading, tenths)}
+    return {"model": model, **digit_certainty(leading, tenths),
+            **level_agreement([named_level(r["reasoning"]) for r in rows], [float(r["score"]) for r in rows], tenths)}
 
 
 def main(argv=None) -> int:

@@ -25,9 +25,26 @@ def test_digit_certainty_by_hand():
         A.digit_certainty([], [])
 
 
+def test_level_agreement_by_hand():
+    assert A.named_level("Noisy but sharp. Overall, the quality is Fair.") == 3  # the verdict: the last level word
+    assert A.named_level("Good detail; overall poor.") == 2 and A.named_level("No verdict here.") is None
+    assert A.named_level("Goodness knows.") is None  # whole words only
+    assert list(A.in_level_tenths(4, 3)) == [5, 6, 7, 8, 9] and list(A.in_level_tenths(4, 4)) == [0, 1, 2, 3, 4]
+    assert A.in_level_tenths(4, 2) is None and A.in_level_tenths(1, 0) is None
+    uniform = [0.1] * 10
+    follows = [0.0] * 5 + [0.2] * 5  # all mass on 5-9
+    res = A.level_agreement([4, 4, 3, None], [3.7, 2.9, 3.5, 1.2], [follows, uniform, uniform, uniform])
+    # "good" 3.7 (mass 1.0 on 5-9), "good" 2.9 (cannot be good), "fair" 3.5 (good, not fair; 0.5 on 0-4); the row
+    # without a verdict is left out
+    assert res["n_named_level"] == 3 and res["answers_in_level"] == pytest.approx(1 / 3)
+    assert res["leading_in_level"] == pytest.approx(2 / 3)
+    assert res["tenths_in_level_mass"] == pytest.approx((1.0 + 0.5) / 2)
+    assert math.isnan(A.level_agreement([None], [3.0], [uniform])["leading_in_level"])
+
+
 def test_measure_on_the_tiny_model_leaves_out_unscored_rows_and_fives(tiny_model_dir, tmp_path):
     rows = []
-    for i, score in enumerate((2.4, 4.75, 5.0, None)):
+    for i, score in enumerate((2.4, 4.25, 5.0, None)):
         path = tmp_path / f"im{i}.png"
         Image.new("RGB", (56, 56), (50 * i, 120, 200)).save(path)
         rows.append({"path": str(path), "score": score, "reasoning": "Sharp. Overall, the quality is good."})
@@ -35,4 +52,6 @@ def test_measure_on_the_tiny_model_leaves_out_unscored_rows_and_fives(tiny_model
     assert res["n"] == 2  # the unscored row and the 5.00 (no tenths digit to doubt) are left out
     assert 0.1 <= res["tenths_top_p"] <= 1.0 and 0.0 <= res["tenths_entropy_bits"] <= math.log2(10) + 1e-6
     assert 0.0 < res["leading_top_p"] <= 1.0 and sum(res["tenths_argmax"].values()) == 2
+    # both kept rows name "good": 2.4 cannot be good; 4.75's tenths digits inside good are 0-4
+    assert res["n_named_level"] == 2 and res["answers_in_level"] == 0.5 and res["leading_in_level"] == 0.5 and 0.0 <= res["tenths_in_level_mass"] <= 1.0
     json.dumps(res)  # the command prints it
