@@ -13,10 +13,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # `make test` runs one pytest-xdist worker per core: each worker's torch (and the subprocesses it starts) gets its
 # share of the cores instead of every worker spawning a thread per core and all of them contending.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    _share = max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // _workers)))
 
 
 @pytest.fixture(scope="session")
