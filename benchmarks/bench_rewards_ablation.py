@@ -24,7 +24,7 @@ Every run resumes (finished arms are kept). Writes ``ablation.json``, ``ablation
 ``ablation.png`` (per metric, each arm's value per seed) under ``--out``.
 
     python -m benchmarks.bench_rewards_ablation [--quick] [--seeds 0,1,2] [--arms qponder,accuracy,...]
-        [--out bench-out/rewards_ablation]
+        [--out bench-out/rewards_ablation] [--set sft_answer_weight=10 ...]
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ def aggregate(per_seed: dict, seeds, arms) -> tuple[dict, dict]:
 
 
 def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str, ...] = DEFAULT_ARMS,
-        out: Path = Path("bench-out/rewards_ablation")) -> dict:
+        out: Path = Path("bench-out/rewards_ablation"), sets: tuple[str, ...] = ()) -> dict:
+    """``sets``: ``KEY=VALUE`` overrides of the demo's settings (``DemoSettings``) for every seed and arm."""
+    from qponder.config import cli_overrides, load_config
     from qponder.demo.runner import DemoSettings, eval_stage, grpo_settings, run_demo
     from qponder.train.grpo import run_grpo
 
@@ -127,7 +129,8 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str
     per_seed: dict[int, dict] = {}
     for seed in seeds:
         d = out / f"seed{seed}"
-        cfg = DemoSettings(out=str(d), seed=seed, progress=False, **quick_set)
+        cfg = load_config(DemoSettings, None, cli_overrides(list(sets), {"out": d, "seed": seed, "progress": False,
+                                                                       **quick_set}))
         summary = run_demo(cfg)  # untrained -> SFT -> the qponder arm, with evaluations
         rows = {"sft": _row(summary["results"]["sft"])}
         seconds = {"demo": round(sum(summary["seconds"].values()), 1)}  # as recorded when each stage ran
@@ -175,7 +178,8 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str
     targets[f"whole_run_le_{TARGET_MINUTES}_min"] = None if quick else minutes <= TARGET_MINUTES
     result = {"seeds": list(seeds), "arms": list(arms), "quick": quick, "per_seed": per_seed, "summary": table,
               "paired_to_sft": paired, "grpo_dynamics": dynamics, "targets": targets, "minutes": round(minutes, 1),
-              "command": "python -m benchmarks.bench_rewards_ablation" + (" --quick" if quick else "")}
+              "command": "python -m benchmarks.bench_rewards_ablation" + (" --quick" if quick else "")
+              + "".join(f" --set {x}" for x in sets)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(result, indent=2))
     (out / "ablation.md").write_text(markdown(result))
@@ -241,9 +245,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"of {', '.join(ARMS)}")
     ap.add_argument("--out", type=Path, default=Path("bench-out/rewards_ablation"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a demo setting for every seed and arm, e.g. --set sft_answer_weight=10 (repeatable)")
     a = ap.parse_args(argv)
     res = run(quick=a.quick, seeds=tuple(int(s) for s in a.seeds.split(",")),
-              arms=tuple(x for x in a.arms.split(",") if x), out=a.out)
+              arms=tuple(x for x in a.arms.split(",") if x), out=a.out, sets=tuple(a.sets))
     print(markdown(res))
     return 0
 

@@ -13,8 +13,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_ablation_trains_each_arm_from_the_same_sft_checkpoint(tmp_path):
-    res = B.run(quick=True, arms=("accuracy", "rank_fidelity", "qponder"), out=tmp_path)
+    res = B.run(quick=True, arms=("accuracy", "rank_fidelity", "qponder"), out=tmp_path,
+                sets=("sft_answer_weight=3",))
     seed = tmp_path / "quick" / "seed0"
+    assert "answer_loss_weight: 3.0" in (seed / "sft" / "sft_config.yaml").read_text()  # --set reaches the demo
+    assert res["command"].endswith("--quick --set sft_answer_weight=3")
     for arm in ("accuracy", "rank_fidelity"):
         cfg = (seed / f"grpo-{arm}" / "grpo_config.yaml").read_text()
         assert str(seed / "sft" / "final") in cfg and f"name: {arm}" in cfg

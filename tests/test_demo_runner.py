@@ -9,6 +9,7 @@ import pytest
 
 from qponder.cli import main as cli_main
 from qponder.demo.data import assign_splits
+from qponder.demo.runner import DemoSettings
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +61,12 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     assert cli_main([*args, "--set", "grpo_steps=3"]) == 2
     assert "grpo_steps: 2 there, 3 now" in capsys.readouterr().err
     assert (out / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == before
+
+    # a folder made before a setting existed counts as having that setting's default
+    recorded = json.loads((out / "demo_settings.json").read_text())
+    del recorded["sft_answer_weight"]
+    (out / "demo_settings.json").write_text(json.dumps(recorded))
+    assert cli_main(args) == 0
+    capsys.readouterr()
+    assert cli_main([*args, "--set", "sft_answer_weight=7"]) == 2
+    assert f"sft_answer_weight: {DemoSettings.sft_answer_weight!r} there, 7.0 now" in capsys.readouterr().err

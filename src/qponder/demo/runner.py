@@ -17,6 +17,7 @@ model reaches.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -44,6 +45,7 @@ class DemoSettings:
     sft_epochs: float = 2.0     # two passes over the 1,600 training images (about 4 min on 2 cores)
     sft_lr: float = 2e-3
     sft_batch_size: int = 8
+    sft_answer_weight: float = 1.0  # loss weight of the score's tokens (SFTSettings.answer_loss_weight)
     grpo_steps: int = 60        # about 4 min on 2 cores
     grpo_lr: float = 2e-5       # at 1e-4 the val SRCC swung by up to 0.86 inside a run (README, Performance)
     grpo_num_generations: int = 8  # group size: 8 samples per image
@@ -116,7 +118,9 @@ def _check_resume_settings(out: Path, cfg: DemoSettings) -> None:
     mine = {k: v for k, v in cfg.__dict__.items() if k not in _RESUME_FREE}
     if path.is_file():
         theirs = json.loads(path.read_text(encoding="utf-8"))
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        # A setting added after the folder was made counts as its default there.
+        defaults = {f.name: f.default for f in dataclasses.fields(DemoSettings)}
+        diff = {k: (theirs.get(k, defaults[k]), v) for k, v in mine.items() if theirs.get(k, defaults[k]) != v}
         if diff:
             raise QponderError(
                 f"{out} holds a demo run made with other settings ("
@@ -131,6 +135,18 @@ def _check_resume_settings(out: Path, cfg: DemoSettings) -> None:
 #: the lexicon's few values drew the answers onto them (README, *Performance*).
 DEMO_REWARDS = ({"name": "format", "weight": 0.5}, {"name": "accuracy", "weight": 1.0, "params": {"tau": 1.0}},
                 {"name": "consistency", "weight": 0.5, "params": {"reader": "lexicon", "margin": 0.5}})
+
+
+def sft_settings(cfg: DemoSettings, base: Path, sft_data: Path, out: Path):
+    """The demo's stage-1 run of the untrained ``base`` on the distilled ``sft_data`` into ``out``."""
+    from qponder.train.sft import SFTSettings
+
+    return load_config(SFTSettings, None, cli_overrides(None, {
+        "model.path": base, "data": sft_data, "run.output_dir": out, "model.dtype": "float32",
+        "model.freeze_vision": cfg.freeze_vision, "answer_loss_weight": cfg.sft_answer_weight,
+        "optim.epochs": cfg.sft_epochs, "optim.learning_rate": cfg.sft_lr, "optim.batch_size": cfg.sft_batch_size,
+        "optim.warmup_ratio": 0.05, "run.seed": cfg.seed, "run.logging_steps": 5, "run.save_steps": 100,
+        "run.save_total_limit": 1}))
 
 
 def grpo_settings(cfg: DemoSettings, sft_final: Path, out: Path, rewards=None):
@@ -158,7 +174,7 @@ def run_demo(cfg: DemoSettings) -> dict:
     from qponder.distill.config import DistillSettings
     from qponder.io import write_json_atomic
     from qponder.train.grpo import run_grpo
-    from qponder.train.sft import SFTSettings, run_sft
+    from qponder.train.sft import run_sft
 
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -208,12 +224,7 @@ def run_demo(cfg: DemoSettings) -> dict:
     sft_dir = out / "sft"
     trained = not (sft_dir / "final" / "config.json").exists()
     if trained:
-        run_sft(load_config(SFTSettings, None, cli_overrides(None, {
-            "model.path": base, "data": sft_data, "run.output_dir": sft_dir, "model.dtype": "float32",
-            "model.freeze_vision": cfg.freeze_vision,
-            "optim.epochs": cfg.sft_epochs, "optim.learning_rate": cfg.sft_lr, "optim.batch_size": cfg.sft_batch_size,
-            "optim.warmup_ratio": 0.05, "run.seed": cfg.seed, "run.logging_steps": 5, "run.save_steps": 100,
-            "run.save_total_limit": 1})))
+        run_sft(sft_settings(cfg, base, sft_data, sft_dir))
     done(trained)
     done = stage("eval sft")
     results["sft"] = eval_stage(sft_dir / "final", out / "eval-sft", cfg)
