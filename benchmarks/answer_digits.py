@@ -55,14 +55,15 @@ def named_level(reasoning: Optional[str]) -> Optional[int]:
     return _LEVEL_WORDS[found[-1].lower()] if found else None
 
 
-def in_level_tenths(level: int, leading: int) -> Optional[range]:
-    """The tenths digits that keep an answer starting with ``leading`` inside ``level``'s half-point span either side
-    of its value (on the 1-5 scale), or None when no answer starting with that digit can lie there."""
-    if leading == level - 1 and leading >= 1:
-        return range(5, 10)
-    if leading == level:
-        return range(0, 5)
-    return None
+def in_level_tenths(level: int, leading: int) -> Optional[list[int]]:
+    """The tenths digits that keep an answer starting with ``leading`` inside ``level``, as
+    :func:`qponder.metrics.level_index` reads a score (half a point either side of the level's value), or None when
+    no answer starting with that digit can lie there."""
+    from qponder.metrics import level_index
+
+    if leading < 1:
+        return None
+    return [t for t in range(10) if level_index(leading + t / 10) == level] or None
 
 
 def level_agreement(levels: Sequence[Optional[int]], answers: Sequence[float],
