@@ -4,6 +4,9 @@
   of a step (target < 1 %). The model is untrained, so completions run to the length limit (the slow case).
 * ``qponder score`` batched (batch 8, 32) vs one image at a time, images/s.
 * Peak RSS of SFT and GRPO steps for the tiny and small models (each in its own process).
+* Vision proxy pretraining (the demo's step 1) on the small model: one training step with the tower's Conv3d patch
+  embedding vs the same product as a matmul (``patch_embedding_as_matmul``, what the pretraining uses), and the
+  proxy targets of the views measured in one thread vs one per core (``view_targets``).
 
     .venv/bin/python -m benchmarks.bench_train [--quick] [--out bench-out/train.json]
 """
@@ -20,6 +23,58 @@ import time
 from pathlib import Path
 
 DEFAULT_OUT = Path("bench-out/train.json")
+
+
+def proxy_step_split(model_dir: Path, views: int = 16, reps: int = 6) -> dict:
+    """Median seconds of one vision-proxy training step (batch ``views``, forward + backward) with the Conv3d patch
+    embedding and with the matmul, alternated in one process; and the proxy targets of 8 x ``views`` views in one
+    thread and in one per core (the same arrays, checked)."""
+    import contextlib
+    import statistics
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from qponder.demo.data import split_photos, working_image
+    from qponder.demo.vision_proxy import _view_geometry, patch_embedding_as_matmul, proxy_views, view_targets
+    from qponder.models import load_model_and_processor
+
+    lm = load_model_and_processor(str(model_dir), device="cpu", dtype="float32")
+    visual = lm.model.model.visual
+    cell, side = _view_geometry(lm.processor, lm.model.config)
+    refs = [np.asarray(working_image(p)) for p in split_photos("train", 0)]
+    batch = proxy_views(refs, views, side, seed=0)
+    inputs = lm.processor.image_processor(images=[Image.fromarray(v) for v in batch], return_tensors="pt")
+    head = torch.nn.Linear(lm.model.config.text_config.hidden_size, 7)
+    visual.train()
+    seconds: dict[str, list[float]] = {"conv3d": [], "matmul": []}
+    losses: dict[str, float] = {}
+    for rep in range(reps + 1):
+        for name in seconds:
+            visual.zero_grad()
+            t = time.perf_counter()
+            with patch_embedding_as_matmul(visual) if name == "matmul" else contextlib.nullcontext():
+                out = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+            tokens = out.pooler_output if hasattr(out, "pooler_output") else out
+            loss = head(tokens).pow(2).mean()
+            loss.backward()
+            if rep:                                   # the first round warms up
+                seconds[name].append(time.perf_counter() - t)
+            losses[name] = loss.item()
+    step = {k: statistics.median(v) for k, v in seconds.items()}
+    many = proxy_views(refs, 8 * views, side, seed=1)
+    t = time.perf_counter()
+    one = view_targets(many, cell, workers=1)
+    t_one = time.perf_counter() - t
+    t = time.perf_counter()
+    par = view_targets(many, cell)
+    t_par = time.perf_counter() - t
+    return {"step_s_conv3d": step["conv3d"], "step_s_matmul": step["matmul"],
+            "speedup_matmul_vs_conv3d": step["conv3d"] / step["matmul"],
+            "loss_abs_diff": abs(losses["conv3d"] - losses["matmul"]),
+            "targets_s_one_thread": t_one, "targets_s_per_core": t_par, "speedup_targets": t_one / t_par,
+            "targets_equal": bool(np.array_equal(one[0], par[0]) and np.array_equal(one[1], par[1]))}
 
 
 def _demo_sft_file(root: Path, n: int) -> Path:
@@ -168,6 +223,7 @@ def run(quick: bool = False) -> dict:
         models = {s: build_tiny_model(tmp / f"model-{s}", size=s) for s in ("tiny", "small")}
         res["grpo_step_split_tiny"] = grpo_step_split(models["tiny"], data, 2 if quick else 5, tmp / "grpo-split")
         res["score_batching_tiny"] = score_batching(models["tiny"], (images * 2)[: 16 if quick else 64])
+        res["proxy_step_split_small"] = proxy_step_split(models["small"], reps=2 if quick else 6)
         res["peak_rss_mib"] = {}
         for size in (("tiny",) if quick else ("tiny", "small")):
             for stage in ("sft", "grpo"):

@@ -16,8 +16,10 @@ from qponder.demo.vision_proxy import (
     VisionProxySettings,
     global_targets,
     local_targets,
+    patch_embedding_as_matmul,
     pretrain_vision,
     proxy_views,
+    view_targets,
 )
 
 
@@ -71,6 +73,45 @@ def test_proxy_views_are_seeded_crops_of_the_references():
     assert all(v.min() == 0 and v.max() == 255 for v in clean)      # KADID's min-max stretch of the input
     with pytest.raises(QponderError, match="at least 400x400"):
         proxy_views(refs, 2, 400)
+
+
+def test_view_targets_are_the_same_arrays_for_any_worker_count():
+    refs = [_texture(300, 0), _texture(260, 1)]
+    views = proxy_views(refs, 150, 112, seed=5)                       # three chunks of 64, the last one short
+    one, two = view_targets(views, 28, workers=1), view_targets(views, 28, workers=2)
+    assert one[0].shape == (150, len(GLOBAL_TARGETS)) and one[1].shape == (150, 16, len(LOCAL_TARGETS))
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    assert np.array_equal(one[1][37], local_targets(views[37], 28))   # row i is view i
+    assert np.array_equal(one[0][149], global_targets(views[149]))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_patch_embedding_as_matmul_is_the_convolution(tiny_model_dirs, family):
+    """Same output and weight gradients as the tower's Conv3d (Qwen3-VL's has a bias), and the module's own forward
+    is back afterwards."""
+    import torch
+
+    from qponder.models import load_model_and_processor
+
+    visual = load_model_and_processor(str(tiny_model_dirs[family]), device="cpu", dtype="float32").model.model.visual
+    embed = visual.patch_embed
+    pixels = torch.randn(4 * 64, embed.proj.weight[0].numel(), generator=torch.Generator().manual_seed(0))
+
+    def run():
+        embed.zero_grad()
+        out = embed(pixels)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        return out.detach(), [p.grad.clone() for p in embed.parameters()]
+
+    conv_out, conv_grads = run()
+    with patch_embedding_as_matmul(visual):
+        assert "forward" in vars(embed)
+        mm_out, mm_grads = run()
+    assert "forward" not in vars(embed)
+    assert (embed.proj.bias is not None) == (family == "qwen3_vl") and len(conv_grads) == len(mm_grads)
+    torch.testing.assert_close(mm_out, conv_out, rtol=1e-4, atol=1e-4)
+    for a, b in zip(mm_grads, conv_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
 
 
 def test_pretraining_trains_the_vision_tower_only_and_records_it(tmp_path):
