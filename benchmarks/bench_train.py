@@ -37,7 +37,8 @@ def proxy_step_split(model_dir: Path, views: int = 16, reps: int = 6) -> dict:
     from PIL import Image
 
     from qponder.demo.data import split_photos, working_image
-    from qponder.demo.vision_proxy import _view_geometry, patch_embedding_as_matmul, proxy_views, view_targets
+    from qponder.demo.vision_proxy import (_view_geometry, merged_tokens, patch_embedding_as_matmul, proxy_views,
+                                          view_targets)
     from qponder.models import load_model_and_processor
 
     lm = load_model_and_processor(str(model_dir), device="cpu", dtype="float32")
@@ -55,8 +56,7 @@ def proxy_step_split(model_dir: Path, views: int = 16, reps: int = 6) -> dict:
             visual.zero_grad()
             t = time.perf_counter()
             with patch_embedding_as_matmul(visual) if name == "matmul" else contextlib.nullcontext():
-                out = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
-            tokens = out.pooler_output if hasattr(out, "pooler_output") else out
+                tokens = merged_tokens(visual, inputs)
             loss = head(tokens).pow(2).mean()
             loss.backward()
             if rep:                                   # the first round warms up

@@ -179,14 +179,19 @@ def patch_embedding_as_matmul(visual):
         del embed.forward
 
 
+def merged_tokens(visual, inputs):
+    """The tower's merged tokens for image-processor ``inputs`` of same-size views, flat: (views x tokens, hidden)."""
+    out = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    return out.pooler_output if hasattr(out, "pooler_output") else (out[0] if isinstance(out, tuple) else out)
+
+
 def encode(model, processor, views: Sequence[np.ndarray]):
     """Merged vision tokens of same-size views: (batch, tokens, hidden)."""
     from PIL import Image
 
     inputs = processor.image_processor(images=[Image.fromarray(v) for v in views], return_tensors="pt")
     with patch_embedding_as_matmul(model.model.visual):
-        out = model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
-    tokens = out.pooler_output if hasattr(out, "pooler_output") else (out[0] if isinstance(out, tuple) else out)
+        tokens = merged_tokens(model.model.visual, inputs)
     return tokens.reshape(len(views), -1, tokens.shape[-1])
 
 
