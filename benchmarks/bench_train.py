@@ -6,7 +6,8 @@
 * Peak RSS of SFT and GRPO steps for the tiny and small models (each in its own process).
 * Vision proxy pretraining (the demo's step 1) on the small model: one training step with the tower's Conv3d patch
   embedding vs the same product as a matmul (``patch_embedding_as_matmul``, what the pretraining uses), and the
-  proxy targets of the views measured in one thread vs one per core (``view_targets``).
+  proxy targets of the views measured in one thread vs one per core (``view_targets``), and the views drawn then
+  measured vs measured while drawn (``proxy_views_and_targets``).
 
     .venv/bin/python -m benchmarks.bench_train [--quick] [--out bench-out/train.json]
 """
@@ -25,10 +26,11 @@ from pathlib import Path
 DEFAULT_OUT = Path("bench-out/train.json")
 
 
-def proxy_step_split(model_dir: Path, views: int = 16, reps: int = 6) -> dict:
+def proxy_step_split(model_dir: Path, views: int = 16, reps: int = 6, data_views: int = 512) -> dict:
     """Median seconds of one vision-proxy training step (batch ``views``, forward + backward) with the Conv3d patch
-    embedding and with the matmul, alternated in one process; and the proxy targets of 8 x ``views`` views in one
-    thread and in one per core (the same arrays, checked)."""
+    embedding and with the matmul, alternated in one process; the proxy targets of 8 x ``views`` views in one
+    thread and in one per core (the same arrays, checked); and drawing ``data_views`` views then measuring them
+    against measuring each chunk while the next is drawn (``proxy_views_and_targets``; the same arrays, checked)."""
     import contextlib
     import statistics
 
@@ -38,7 +40,7 @@ def proxy_step_split(model_dir: Path, views: int = 16, reps: int = 6) -> dict:
 
     from qponder.demo.data import split_photos, working_image
     from qponder.demo.vision_proxy import (_view_geometry, merged_tokens, patch_embedding_as_matmul, proxy_views,
-                                          view_targets)
+                                          proxy_views_and_targets, view_targets)
     from qponder.models import load_model_and_processor
 
     lm = load_model_and_processor(str(model_dir), device="cpu", dtype="float32")
@@ -70,11 +72,21 @@ def proxy_step_split(model_dir: Path, views: int = 16, reps: int = 6) -> dict:
     t = time.perf_counter()
     par = view_targets(many, cell)
     t_par = time.perf_counter() - t
+    t = time.perf_counter()
+    drawn = proxy_views(refs, data_views, side, seed=2)
+    g, loc = view_targets(drawn, cell)
+    t_then = time.perf_counter() - t
+    t = time.perf_counter()
+    _, g2, loc2 = proxy_views_and_targets(refs, data_views, side, cell, seed=2)
+    t_overlap = time.perf_counter() - t
     return {"step_s_conv3d": step["conv3d"], "step_s_matmul": step["matmul"],
             "speedup_matmul_vs_conv3d": step["conv3d"] / step["matmul"],
             "loss_abs_diff": abs(losses["conv3d"] - losses["matmul"]),
             "targets_s_one_thread": t_one, "targets_s_per_core": t_par, "speedup_targets": t_one / t_par,
-            "targets_equal": bool(np.array_equal(one[0], par[0]) and np.array_equal(one[1], par[1]))}
+            "targets_equal": bool(np.array_equal(one[0], par[0]) and np.array_equal(one[1], par[1])),
+            "data_s_draw_then_measure": t_then, "data_s_overlapped": t_overlap,
+            "speedup_data_overlapped": t_then / t_overlap,
+            "data_equal": bool(np.array_equal(g, g2) and np.array_equal(loc, loc2))}
 
 
 def _demo_sft_file(root: Path, n: int) -> Path:

@@ -19,6 +19,7 @@ from qponder.demo.vision_proxy import (
     patch_embedding_as_matmul,
     pretrain_vision,
     proxy_views,
+    proxy_views_and_targets,
     view_targets,
 )
 
@@ -83,6 +84,18 @@ def test_view_targets_are_the_same_arrays_for_any_worker_count():
     assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
     assert np.array_equal(one[1][37], local_targets(views[37], 28))   # row i is view i
     assert np.array_equal(one[0][149], global_targets(views[149]))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_views_drawn_while_measured_are_the_views_and_targets_of_the_two_calls(workers):
+    refs = [_texture(300, 0), _texture(260, 1)]
+    views, g, loc = proxy_views_and_targets(refs, 150, 112, 28, seed=5, workers=workers)   # 2 full chunks + 22
+    alone = proxy_views(refs, 150, 112, seed=5)
+    assert len(views) == 150 and all(np.array_equal(a, b) for a, b in zip(views, alone))
+    g1, loc1 = view_targets(alone, 28, workers=1)
+    assert np.array_equal(g, g1) and np.array_equal(loc, loc1)
+    with pytest.raises(QponderError, match="at least 400x400"):
+        proxy_views_and_targets(refs, 2, 400, 28, workers=workers)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
