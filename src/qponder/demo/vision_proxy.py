@@ -137,6 +137,7 @@ def _view_targets(views: Sequence[np.ndarray], cell: int) -> tuple[np.ndarray, n
 
 
 def _workers(workers: Optional[int]) -> int:
+    """``workers``, or by default the cores this process may use, at most 8."""
     if workers is not None:
         return workers
     return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
@@ -158,8 +159,12 @@ def view_targets(views: Sequence[np.ndarray], cell: int,
 
     parts = [views[i:i + _CHUNK] for i in range(0, len(views), _CHUNK)]
     with ThreadPoolExecutor(workers) as pool:
-        done = list(pool.map(lambda part: _view_targets(part, cell), parts))
-    return np.concatenate([g for g, _ in done]), np.concatenate([loc for _, loc in done])
+        return _joined(list(pool.map(lambda part: _view_targets(part, cell), parts)))
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The (global, local) targets of consecutive chunks of views, as one pair of arrays in view order."""
+    return np.concatenate([g for g, _ in parts]), np.concatenate([loc for _, loc in parts])
 
 
 def proxy_views_and_targets(references: Sequence[np.ndarray], n: int, side: int, cell: int, seed: int = 0,
@@ -176,16 +181,18 @@ def proxy_views_and_targets(references: Sequence[np.ndarray], n: int, side: int,
     from concurrent.futures import ThreadPoolExecutor
 
     views: list[np.ndarray] = []
+    chunk: list[np.ndarray] = []
     with ThreadPoolExecutor(workers) as pool:
         futures = []
         for v in views_iter:
             views.append(v)
-            if len(views) % _CHUNK == 0:
-                futures.append(pool.submit(_view_targets, views[-_CHUNK:], cell))
-        if len(views) % _CHUNK:
-            futures.append(pool.submit(_view_targets, views[len(views) - len(views) % _CHUNK:], cell))
-        done = [f.result() for f in futures]
-    return views, np.concatenate([g for g, _ in done]), np.concatenate([loc for _, loc in done])
+            chunk.append(v)
+            if len(chunk) == _CHUNK:
+                futures.append(pool.submit(_view_targets, chunk, cell))
+                chunk = []
+        if chunk:
+            futures.append(pool.submit(_view_targets, chunk, cell))
+        return (views, *_joined([f.result() for f in futures]))
 
 
 @contextlib.contextmanager
