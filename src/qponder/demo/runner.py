@@ -3,7 +3,8 @@
 1. build the demo dataset (real photographs x KADID-10k distortions, labelled with KADID's human cell means),
 2. build a small randomly initialised Qwen2.5-VL (locally trained tokenizer; nothing downloaded) and proxy-pretrain
    its vision tower on low-level statistics of the training photographs (no labels; the stand-in for a pretrained
-   vision tower, see ``qponder.demo.vision_proxy``),
+   vision tower, see ``qponder.demo.vision_proxy``; for the default settings of seeds 0-2 the tower made that way
+   ships with qponder, ``qponder.demo.prebuilt``),
 3. distil cold-start data from the built-in offline *rule teacher* — a deterministic stand-in for Qwen2.5-VL-72B
    that measures blur/noise/blockiness/exposure/colour and writes a rationale + score — keeping rationales whose
    score is within a tolerance of the human MOS,
@@ -39,8 +40,9 @@ class DemoSettings:
     tolerance: float = 0.75  # keep teacher rationales within this distance of the MOS (1-5 scale)
     teacher_samples: int = 1  # rationales per image (K > 1 enables the agreement filter; the rule teacher's scores
     #                           are deterministic, so K only varies its wording)
-    vision_pretrain_samples: int = 6000  # proxy-pretraining views for the vision tower (0: keep it random)
+    vision_pretrain_samples: int = 12000  # proxy-pretraining views for the vision tower (0: keep it random)
     vision_pretrain_epochs: int = 2
+    vision_prebuilt: bool = True  # use the tower shipped for these settings (seeds 0-2, small) instead of pretraining
     freeze_vision: bool = True  # SFT/GRPO keep the (proxy-pretrained) vision tower fixed; the merger trains
     sft_epochs: float = 2.0     # two passes over the 1,600 training images (about 4 min on 2 cores)
     sft_lr: float = 2e-3
@@ -71,11 +73,13 @@ def eval_stage(model: Path, out: Path, cfg: DemoSettings) -> dict:
     return evaluate(ecfg)["demo"]
 
 
-def _build_base(base: Path, cfg: DemoSettings) -> None:
-    """The untrained base: a tiny model whose vision tower is proxy-pretrained on the training photographs (built in
-    a side folder and renamed, so a kill leaves no half-written base)."""
+def build_base(base: Path, cfg: DemoSettings) -> None:
+    """The untrained base: a tiny model whose vision tower is proxy-pretrained on the training photographs, or given
+    the tower shipped for these settings (``qponder.demo.prebuilt``). Built in a side folder and renamed, so a kill
+    leaves no half-written base."""
     import shutil
 
+    from qponder.demo.prebuilt import find_prebuilt, install_tower
     from qponder.demo.tiny_model import build_tiny_model
     from qponder.demo.vision_proxy import VisionProxySettings, pretrain_on_demo
 
@@ -83,9 +87,15 @@ def _build_base(base: Path, cfg: DemoSettings) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     build_tiny_model(tmp, family=cfg.family, size=cfg.model_size, seed=cfg.seed)
     if cfg.vision_pretrain_samples > 0:
-        pretrain_on_demo(tmp, cfg.seed, VisionProxySettings(samples=cfg.vision_pretrain_samples,
-                                                            epochs=cfg.vision_pretrain_epochs, seed=cfg.seed,
-                                                            progress=cfg.progress))
+        proxy = VisionProxySettings(samples=cfg.vision_pretrain_samples, epochs=cfg.vision_pretrain_epochs,
+                                    seed=cfg.seed, progress=cfg.progress)
+        shipped = find_prebuilt(cfg.family, cfg.model_size, proxy) if cfg.vision_prebuilt else None
+        if shipped:
+            print(f"vision tower: the one shipped for these settings ({shipped['file']}; "
+                  "--set vision_prebuilt=false pretrains it here)", flush=True)
+            install_tower(tmp, shipped)
+        else:
+            pretrain_on_demo(tmp, cfg.seed, proxy)
     shutil.rmtree(base, ignore_errors=True)
     tmp.rename(base)
 
@@ -203,7 +213,7 @@ def run_demo(cfg: DemoSettings) -> dict:
     base = out / "model-untrained"
     built = not (base / "config.json").exists()
     if built:
-        _build_base(base, cfg)
+        build_base(base, cfg)
     done(built)
 
     done = stage("distill (rule teacher)")
@@ -306,8 +316,10 @@ def write_report(out: Path, summary: dict) -> Path:
     vp = (json.loads(meta_file.read_text()) if meta_file.is_file() else {}).get("vision_pretrain")
     if vp:
         rg, rl = vp.get("heldout_r_global") or {}, vp.get("heldout_r_local") or {}
+        shipped = (f" (shipped with qponder: `{vp['prebuilt']['file']}`, made by `python -m qponder.demo.prebuilt`)"
+                   if vp.get("prebuilt") else "")
         vision_line = (f"vision tower: proxy-pretrained on {vp['settings']['samples']} distorted views of the "
-                       f"{vp['n_references']} training photographs (no labels; targets: the rule teacher's "
+                       f"{vp['n_references']} training photographs{shipped} (no labels; targets: the rule teacher's "
                        "measurements and local statistics). Correlation with the measured values on the val "
                        f"photograph: blur {_fmt(rg.get('blur'))}, noise {_fmt(rg.get('log_noise'))}, local detail "
                        f"{_fmt(rl.get('log_lap1'))}. Frozen during SFT/GRPO: {summary['settings']['freeze_vision']}")
