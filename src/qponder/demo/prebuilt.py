@@ -51,11 +51,18 @@ def _weights_file(model_dir: Path) -> Path:
     return f
 
 
-def _visual_prefix(keys) -> str:
-    prefixes = {k[: k.index(_VISUAL) + len(_VISUAL)] for k in keys if _VISUAL in k}
+def _split_tower(state: dict) -> tuple[str, dict]:
+    """A checkpoint's vision-tower key prefix and its tensors under their names inside the tower."""
+    prefixes = {k[: k.index(_VISUAL) + len(_VISUAL)] for k in state if _VISUAL in k}
     if len(prefixes) != 1:
         raise QponderError(f"expected one vision-tower key prefix ending in {_VISUAL!r}, found {sorted(prefixes)}")
-    return prefixes.pop()
+    prefix = prefixes.pop()
+    return prefix, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _identity(entry: dict) -> tuple:
+    """What tells manifest entries apart: the model they fit and every setting that made them."""
+    return entry.get("family"), entry.get("size"), entry.get("proxy")
 
 
 def sha256(path: Path) -> str:
@@ -81,11 +88,8 @@ def read_manifest(towers: Optional[Path] = None) -> list[dict]:
 
 def find_prebuilt(family: str, size: str, settings, towers: Optional[Path] = None) -> Optional[dict]:
     """The manifest entry made with exactly these settings (``settings.seed`` is the demo seed), or None."""
-    want = {"family": family, "size": size, "proxy": proxy_key(settings)}
-    for entry in read_manifest(towers):
-        if all(entry.get(k) == v for k, v in want.items()):
-            return entry
-    return None
+    want = (family, size, proxy_key(settings))
+    return next((e for e in read_manifest(towers) if _identity(e) == want), None)
 
 
 def export_tower(model_dir: str | os.PathLike, family: str, size: str, towers: Optional[Path] = None) -> dict:
@@ -95,6 +99,7 @@ def export_tower(model_dir: str | os.PathLike, family: str, size: str, towers: O
 
     from safetensors.torch import load_file, save
 
+    from qponder.demo.vision_proxy import VisionProxySettings
     from qponder.io import write_bytes_atomic, write_json_atomic
 
     model_dir, towers = Path(model_dir), towers or TOWERS
@@ -102,16 +107,13 @@ def export_tower(model_dir: str | os.PathLike, family: str, size: str, towers: O
     report = meta.get("vision_pretrain")
     if not report:
         raise QponderError(f"{model_dir}: its vision tower was not proxy-pretrained (no vision_pretrain record)")
-    state = load_file(str(_weights_file(model_dir)))
-    prefix = _visual_prefix(state)
-    tower = {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
-    proxy = {k: v for k, v in report["settings"].items() if k != "progress"}
+    _, tower = _split_tower(load_file(str(_weights_file(model_dir))))
+    proxy = proxy_key(VisionProxySettings(**report["settings"]))
     name = f"{family}-{size}-seed{proxy['seed']}-{proxy['samples']}x{proxy['epochs']}.safetensors"
     write_bytes_atomic(save(tower, metadata={"format": "pt"}), towers / name)
     entry = {"file": name, "sha256": sha256(towers / name), "family": family, "size": size, "proxy": proxy,
              "report": report}
-    entries = [e for e in read_manifest(towers)
-               if (e.get("family"), e.get("size"), e.get("proxy")) != (family, size, proxy)]
+    entries = [e for e in read_manifest(towers) if _identity(e) != _identity(entry)]
     write_json_atomic({"towers": sorted(entries + [entry], key=lambda e: e["file"])}, towers / "towers.json")
     return entry
 
@@ -134,8 +136,8 @@ def install_tower(model_dir: str | os.PathLike, entry: dict, towers: Optional[Pa
     tower = load_file(str(path))
     weights = _weights_file(model_dir)
     state = load_file(str(weights))
-    prefix = _visual_prefix(state)
-    mine = {k[len(prefix):]: tuple(v.shape) for k, v in state.items() if k.startswith(prefix)}
+    prefix, current = _split_tower(state)
+    mine = {k: tuple(v.shape) for k, v in current.items()}
     theirs = {k: tuple(v.shape) for k, v in tower.items()}
     if mine != theirs:
         differ = sorted(set(mine.items()) ^ set(theirs.items()))[:4]
