@@ -12,6 +12,12 @@ tenths digit has to follow both the level word and the leading digit. ``tenths_i
 the model puts on the tenths digits that keep its answer inside the named level, given the leading digit it wrote
 (0.5 for a digit that ignores the level, 1.0 for the teacher's targets).
 
+And whether following the level word would be enough to stop the collapse: ``distinct_tenths_written`` counts the
+distinct answers at one decimal (leading digit and tenths digit as written), ``distinct_tenths_if_in_level`` the
+same if greedy decoding had taken the most likely tenths digit *inside* the named level (a student that learned the
+dependency but knows no more of the image): when the second stays far below the target, the tenths digit has to
+come from the image, and a student with the same uncertainty writes the same few values.
+
     python -m benchmarks.answer_digits MODEL PREDICTIONS.jsonl [--batch-size 8]
 """
 
@@ -85,6 +91,20 @@ def level_agreement(levels: Sequence[Optional[int]], answers: Sequence[float],
             "tenths_in_level_mass": sum(sum(p[t] for t in r) for r, p in fits) / len(fits) if fits else math.nan}
 
 
+def in_level_ceiling(levels: Sequence[Optional[int]], answers: Sequence[float],
+                     tenths: Sequence[Sequence[float]]) -> dict:
+    """Distinct answers at one decimal as written, and if each answer's tenths digit had been the most likely one
+    that keeps it inside its reasoning's named level (:func:`in_level_tenths`; an answer whose level is unnamed or
+    out of reach of its leading digit keeps its written tenths digit). Answers below 5, as :func:`level_agreement`."""
+    written, followed = set(), set()
+    for lv, a, p in zip(levels, answers, tenths):
+        lead, digit = int(a), int(round(a * 100)) // 10 % 10
+        written.add((lead, digit))
+        allowed = in_level_tenths(lv, lead) if lv is not None else None
+        followed.add((lead, max(allowed, key=lambda t: (p[t], -t)) if allowed else digit))
+    return {"distinct_tenths_written": len(written), "distinct_tenths_if_in_level": len(followed)}
+
+
 def measure(model: str, rows: list[dict], batch_size: int = 8) -> dict:
     """:func:`digit_certainty` of ``model`` on prediction ``rows`` (``path``, ``reasoning``, ``score`` each), read
     from the logits the expected read-out uses (``QualityScorer.answer_logits``). Answers of 5 have no tenths
@@ -115,8 +135,9 @@ def measure(model: str, rows: list[dict], batch_size: int = 8) -> dict:
         after = fraction[torch.arange(len(chunk)), written]  # the logits after "<answer>d." for that digit
         leading.extend(torch.softmax(lead[:, digit_ids].float(), -1).tolist())
         tenths.extend(torch.softmax(after[:, digit_ids].float(), -1).tolist())
+    levels, answers = [named_level(r["reasoning"]) for r in rows], [float(r["score"]) for r in rows]
     return {"model": model, **digit_certainty(leading, tenths),
-            **level_agreement([named_level(r["reasoning"]) for r in rows], [float(r["score"]) for r in rows], tenths)}
+            **level_agreement(levels, answers, tenths), **in_level_ceiling(levels, answers, tenths)}
 
 
 def main(argv=None) -> int:

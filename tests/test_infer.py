@@ -220,7 +220,12 @@ def test_score_output_written_with_other_settings_is_refused(tiny_model_dir, tmp
     assert cli_main(base + ["--readout", "levels"]) == 2
     err = capsys.readouterr().err
     assert "already holds predictions made with other settings" in err and str(out) in err
+    assert "readout 'generate', now 'levels'" in err  # what differs is named
     assert len(out.read_text().splitlines()) == 1  # nothing mixed in
+    assert cli_main(base[:-1] + ["5"]) == 2  # another token limit: not in the record, named as a kind
+    err = capsys.readouterr().err
+    assert "the same model, readout and backend, but another prompt, sampling, token limit" in err
+    assert len(out.read_text().splitlines()) == 1
 
 
 def test_resume_never_mixes_backends(tiny_model_dir, tmp_path, capsys):
@@ -235,7 +240,7 @@ def test_resume_never_mixes_backends(tiny_model_dir, tmp_path, capsys):
     assert cli_main(base + ["--dtype", "bfloat16"]) == 2
     err = capsys.readouterr().err
     assert "already holds predictions made with other settings" in err
-    assert "backend 'hf:float32'; now 'hf:bfloat16'" in err
+    assert "backend 'hf:float32', now 'hf:bfloat16'" in err
     assert len(out.read_text().splitlines()) == 1
     assert cli_main(base + ["--dtype", "float32"]) == 0  # the same backend resumes
 

@@ -513,10 +513,13 @@ def _done_images(files: Sequence[Path], settings: dict, settings_id: str) -> set
         old = [r for r in read_jsonl(f) if isinstance(r, dict) and "image" in r]
         other = next((r for r in old if r.get("settings_id") != settings_id), None)
         if other is not None:
-            raise QponderError(
-                f"{f}: already holds predictions made with other settings (model {other.get('model')!r}, "
-                f"readout {other.get('readout')!r}, backend {other.get('backend')!r}; now {settings['backend']!r}); "
-                "resuming would mix them. Use another output or delete it.")
+            # name what differs among the fields a record carries; the rest only shows in the fingerprint
+            differ = [f"{k} {other.get(k)!r}, now {settings.get(k)!r}" for k in ("model", "readout", "backend")
+                      if other.get(k) != settings.get(k)]
+            what = "; ".join(differ) or ("the same model, readout and backend, but another prompt, sampling, token "
+                                         "limit or pixel budget")
+            raise QponderError(f"{f}: already holds predictions made with other settings ({what}); resuming would "
+                               "mix them. Use another output or delete it.")
         done |= {r["image"] for r in old}
     return done
 
