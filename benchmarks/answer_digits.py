@@ -91,14 +91,14 @@ def level_agreement(levels: Sequence[Optional[int]], answers: Sequence[float],
             "tenths_in_level_mass": sum(sum(p[t] for t in r) for r, p in fits) / len(fits) if fits else math.nan}
 
 
-def in_level_ceiling(levels: Sequence[Optional[int]], answers: Sequence[float],
+def in_level_counterfactual(levels: Sequence[Optional[int]], answers: Sequence[float],
                      tenths: Sequence[Sequence[float]]) -> dict:
     """Distinct answers at one decimal as written, and if each answer's tenths digit had been the most likely one
     that keeps it inside its reasoning's named level (:func:`in_level_tenths`; an answer whose level is unnamed or
     out of reach of its leading digit keeps its written tenths digit). Answers below 5, as :func:`level_agreement`."""
     written, followed = set(), set()
     for lv, a, p in zip(levels, answers, tenths):
-        lead, digit = int(a), int(round(a * 100)) // 10 % 10
+        lead, digit = int(a), int(a * 10 + 1e-9) % 10  # truncated as written (3.996 -> 3.9), as int(a) is
         written.add((lead, digit))
         allowed = in_level_tenths(lv, lead) if lv is not None else None
         followed.add((lead, max(allowed, key=lambda t: (p[t], -t)) if allowed else digit))
@@ -137,7 +137,7 @@ def measure(model: str, rows: list[dict], batch_size: int = 8) -> dict:
         tenths.extend(torch.softmax(after[:, digit_ids].float(), -1).tolist())
     levels, answers = [named_level(r["reasoning"]) for r in rows], [float(r["score"]) for r in rows]
     return {"model": model, **digit_certainty(leading, tenths),
-            **level_agreement(levels, answers, tenths), **in_level_ceiling(levels, answers, tenths)}
+            **level_agreement(levels, answers, tenths), **in_level_counterfactual(levels, answers, tenths)}
 
 
 def main(argv=None) -> int:

@@ -25,6 +25,12 @@ Every run resumes (finished arms are kept). Writes ``ablation.json``, ``ablation
 
     python -m benchmarks.bench_rewards_ablation [--quick] [--seeds 0,1,2] [--arms qponder,accuracy,...]
         [--out bench-out/rewards_ablation] [--set sft_answer_weight=10 ...]
+
+From finished demos instead (``--demos DIR,DIR,...``: folders written by ``qponder demo --seed S --out DIR``): each
+folder is one seed (its own ``demo_settings.json``), its SFT and ``qponder`` rows are read from its ``summary.json``,
+and the other arms train and evaluate inside it (``DIR/grpo-<arm>``, ``DIR/eval-grpo-<arm>``); the demo's minutes
+count as recorded when it ran. Give the folders as the demos were given them: their evaluations record the model by
+that path, and a resumed evaluation must name it the same way.
 """
 
 from __future__ import annotations
@@ -109,16 +115,71 @@ def aggregate(per_seed: dict, seeds, arms) -> tuple[dict, dict]:
     return table, paired
 
 
-def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str, ...] = DEFAULT_ARMS,
-        out: Path = Path("bench-out/rewards_ablation"), sets: tuple[str, ...] = ()) -> dict:
-    """``sets``: ``KEY=VALUE`` overrides of the demo's settings (``DemoSettings``) for every seed and arm."""
-    from qponder.config import cli_overrides, load_config
-    from qponder.demo.runner import DemoSettings, eval_stage, grpo_settings, run_demo
+def finished_demo(folder: Path):
+    """A finished ``qponder demo`` folder's settings (``DemoSettings``, ``out`` = the folder) and summary; a folder
+    that is not one is refused by name."""
+    import dataclasses
+
+    from qponder.demo.runner import DemoSettings
+
+    settings, summary = folder / "demo_settings.json", folder / "summary.json"
+    missing = next((f.name for f in (settings, summary) if not f.is_file()), None)
+    if missing:
+        raise SystemExit(f"{folder}: not a finished qponder demo (no {missing}); run qponder demo --out {folder} first")
+    saved = json.loads(settings.read_text(encoding="utf-8"))
+    names = {f.name for f in dataclasses.fields(DemoSettings)}
+    cfg = DemoSettings(**{k: v for k, v in saved.items() if k in names} | {"out": str(folder), "progress": False})
+    summary = json.loads(summary.read_text(encoding="utf-8"))
+    if not {"sft", "grpo"} <= set(summary.get("results", {})):
+        raise SystemExit(f"{folder}/summary.json: no SFT and GRPO results in it; finish the demo first")
+    return cfg, summary
+
+
+def run_arms(d: Path, cfg, arms: tuple[str, ...], summary: dict) -> dict:
+    """One seed: the SFT and ``qponder`` rows from the demo's ``summary``, and every other arm's GRPO from the demo's
+    SFT checkpoint in ``d`` (kept when finished), each evaluated on the test split."""
+    from qponder.demo.runner import eval_stage, grpo_settings
     from qponder.train.grpo import run_grpo
+
+    rows = {"sft": _row(summary["results"]["sft"])}
+    seconds = {"demo": round(sum(summary["seconds"].values()), 1)}  # as recorded when each stage ran
+    dyn = {"qponder": grpo_dynamics(d / "grpo")}
+    if "qponder" in arms:
+        rows["qponder"] = _row(summary["results"]["grpo"])
+    for arm in arms:
+        if arm == "qponder":
+            continue
+        t0 = time.time()
+        arm_dir = d / f"grpo-{arm}"
+        timing = arm_dir / "arm_seconds.json"  # the work's time, kept for a resumed run's total
+        if not (arm_dir / "final" / "config.json").exists():
+            run_grpo(grpo_settings(cfg, d / "sft" / "final", arm_dir, rewards=ARMS[arm]))
+        rows[arm] = _row(eval_stage(arm_dir / "final", d / f"eval-grpo-{arm}", cfg))
+        dyn[arm] = grpo_dynamics(arm_dir)
+        if not timing.exists():
+            timing.write_text(json.dumps(round(time.time() - t0, 1)))
+        seconds[arm] = json.loads(timing.read_text())
+    return {"results": rows, "grpo": dyn, "seconds": seconds}
+
+
+def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str, ...] = DEFAULT_ARMS,
+        out: Path = Path("bench-out/rewards_ablation"), sets: tuple[str, ...] = (),
+        demos: tuple[Path, ...] = ()) -> dict:
+    """``sets``: ``KEY=VALUE`` overrides of the demo's settings (``DemoSettings``) for every seed and arm.
+    ``demos``: finished demo folders to take the seeds from instead of running the demo (module docstring)."""
+    from qponder.config import cli_overrides, load_config
+    from qponder.demo.runner import DemoSettings, run_demo
 
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+    if demos and (quick or sets):
+        raise SystemExit("--demos takes each demo's own settings: --quick and --set do not apply")
+    if demos:
+        found = {Path(d): finished_demo(Path(d)) for d in demos}
+        seeds = tuple(cfg.seed for cfg, _ in found.values())
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(f"--demos: two folders hold the same seed ({', '.join(map(str, seeds))}); one per seed")
     if quick:
         seeds, out = seeds[:1], out / "quick"
     # --quick is a smoke run of the plumbing (and the suite's test of it): short completions and two val points keep
@@ -127,30 +188,15 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str
                  "grpo_num_generations": 4, "grpo_val_every": 2, "eval_max_samples": 8, "max_new_tokens": 48,
                  "vision_pretrain_samples": 64, "vision_pretrain_epochs": 1} if quick else {}
     per_seed: dict[int, dict] = {}
-    for seed in seeds:
-        d = out / f"seed{seed}"
-        cfg = load_config(DemoSettings, None, cli_overrides(list(sets), {"out": d, "seed": seed, "progress": False,
-                                                                       **quick_set}))
-        summary = run_demo(cfg)  # untrained -> SFT -> the qponder arm, with evaluations
-        rows = {"sft": _row(summary["results"]["sft"])}
-        seconds = {"demo": round(sum(summary["seconds"].values()), 1)}  # as recorded when each stage ran
-        dyn = {"qponder": grpo_dynamics(d / "grpo")}
-        if "qponder" in arms:
-            rows["qponder"] = _row(summary["results"]["grpo"])
-        for arm in arms:
-            if arm == "qponder":
-                continue
-            t0 = time.time()
-            arm_dir = d / f"grpo-{arm}"
-            timing = arm_dir / "arm_seconds.json"  # the work's time, kept for a resumed run's total
-            if not (arm_dir / "final" / "config.json").exists():
-                run_grpo(grpo_settings(cfg, d / "sft" / "final", arm_dir, rewards=ARMS[arm]))
-            rows[arm] = _row(eval_stage(arm_dir / "final", d / f"eval-grpo-{arm}", cfg))
-            dyn[arm] = grpo_dynamics(arm_dir)
-            if not timing.exists():
-                timing.write_text(json.dumps(round(time.time() - t0, 1)))
-            seconds[arm] = json.loads(timing.read_text())
-        per_seed[seed] = {"results": rows, "grpo": dyn, "seconds": seconds}
+    if demos:
+        per_seed = {cfg.seed: run_arms(d, cfg, arms, summary) for d, (cfg, summary) in found.items()}
+    else:
+        for seed in seeds:
+            d = out / f"seed{seed}"
+            cfg = load_config(DemoSettings, None, cli_overrides(list(sets), {"out": d, "seed": seed,
+                                                                           "progress": False, **quick_set}))
+            summary = run_demo(cfg)  # untrained -> SFT -> the qponder arm, with evaluations
+            per_seed[seed] = run_arms(d, cfg, arms, summary)
 
     table, paired = aggregate(per_seed, seeds, arms)
     dynamics = {arm: {k: _stats([per_seed[s]["grpo"][arm][k] for s in seeds])["mean"]
@@ -179,7 +225,7 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str
     result = {"seeds": list(seeds), "arms": list(arms), "quick": quick, "per_seed": per_seed, "summary": table,
               "paired_to_sft": paired, "grpo_dynamics": dynamics, "targets": targets, "minutes": round(minutes, 1),
               "command": "python -m benchmarks.bench_rewards_ablation" + (" --quick" if quick else "")
-              + "".join(f" --set {x}" for x in sets)}
+              + "".join(f" --set {x}" for x in sets) + (f" --demos {','.join(map(str, demos))}" if demos else "")}
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(result, indent=2))
     (out / "ablation.md").write_text(markdown(result))
@@ -247,9 +293,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-out/rewards_ablation"))
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a demo setting for every seed and arm, e.g. --set sft_answer_weight=10 (repeatable)")
+    ap.add_argument("--demos", default="", metavar="DIR,DIR,...",
+                    help="finished qponder demo folders (one per seed) to run the other arms from, instead of --seeds")
     a = ap.parse_args(argv)
     res = run(quick=a.quick, seeds=tuple(int(s) for s in a.seeds.split(",")),
-              arms=tuple(x for x in a.arms.split(",") if x), out=a.out, sets=tuple(a.sets))
+              arms=tuple(x for x in a.arms.split(",") if x), out=a.out, sets=tuple(a.sets),
+              demos=tuple(Path(x) for x in a.demos.split(",") if x))
     print(markdown(res))
     return 0
 

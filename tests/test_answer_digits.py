@@ -42,16 +42,19 @@ def test_level_agreement_by_hand():
     assert math.isnan(A.level_agreement([None], [3.0], [uniform])["leading_in_level"])
 
 
-def test_in_level_ceiling_by_hand():
+def test_in_level_counterfactual_by_hand():
     habit = [0.3, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.1, 0.05]  # "0" first, "8" first among 5-9
     # written: 3.04 ("good": in-level argmax 8 -> 3.8), 3.09 ("fair": in-level 0 -> 3.0), 2.51 (no verdict: kept
     # as 2.5), 4.02 ("good": in-level 0 -> 4.0), 3.0 ("good" again -> 3.8, already counted)
-    res = A.in_level_ceiling([4, 3, None, 4, 4], [3.04, 3.09, 2.51, 4.02, 3.0], [habit] * 5)
+    res = A.in_level_counterfactual([4, 3, None, 4, 4], [3.04, 3.09, 2.51, 4.02, 3.0], [habit] * 5)
     assert res == {"distinct_tenths_written": 3, "distinct_tenths_if_in_level": 4}  # {3.0, 2.5, 4.0} + 3.8
-    ties = [0.1] * 10
-    assert A.in_level_ceiling([4], [3.9], [ties]) == {"distinct_tenths_written": 1, "distinct_tenths_if_in_level": 1}
+    ties = [0.1] * 10  # ties go to the lowest digit: "good" after 3 takes 5, joining the unnamed 3.5
+    assert A.in_level_counterfactual([4, None], [3.9, 3.5], [ties, ties]) == {"distinct_tenths_written": 2,
+                                                                                "distinct_tenths_if_in_level": 1}
+    # more than two decimals, or a mean of samples, is truncated as written: 3.996 has tenths digit 9, not 0
+    assert A.in_level_counterfactual([None, None], [3.996, 3.9], [ties, ties])["distinct_tenths_written"] == 1
     # a level out of the leading digit's reach keeps the written digit
-    assert A.in_level_ceiling([5, 5], [2.3, 2.7], [ties, ties])["distinct_tenths_if_in_level"] == 2
+    assert A.in_level_counterfactual([5, 5], [2.3, 2.7], [ties, ties])["distinct_tenths_if_in_level"] == 2
 
 
 def test_measure_on_the_tiny_model_leaves_out_unscored_rows_and_fives(tiny_model_dir, tmp_path):
@@ -67,5 +70,5 @@ def test_measure_on_the_tiny_model_leaves_out_unscored_rows_and_fives(tiny_model
     # both kept rows name "good": 2.4 cannot be good; 4.25 is, and its tenths digits inside good are 0-4
     assert res["n_named_level"] == 2 and res["answers_in_level"] == 0.5 and res["leading_in_level"] == 0.5
     assert 0.0 <= res["tenths_in_level_mass"] <= 1.0
-    assert res["distinct_tenths_written"] == 2 and 1 <= res["distinct_tenths_if_in_level"] <= 2
+    assert res["distinct_tenths_written"] == 2 and res["distinct_tenths_if_in_level"] == 2  # leading 2 and 4
     json.dumps(res)  # the command prints it

@@ -30,6 +30,21 @@ def test_quick_ablation_trains_each_arm_from_the_same_sft_checkpoint(tmp_path):
     assert "| rank_fidelity |" in (tmp_path / "quick" / "ablation.md").read_text()
     assert (tmp_path / "quick" / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # --demos: the same finished demo folder as a seed; the finished arm is kept, a new one trains inside the folder
+    kept = (seed / "grpo-accuracy" / "final" / "model.safetensors").stat().st_mtime_ns
+    again = B.run(arms=("accuracy", "threshold", "qponder"), out=tmp_path / "from-demos", demos=(seed,))
+    assert (seed / "grpo-accuracy" / "final" / "model.safetensors").stat().st_mtime_ns == kept
+    assert "name: accuracy_threshold" in (seed / "grpo-threshold" / "grpo_config.yaml").read_text()
+    assert again["seeds"] == [0] and again["command"].endswith(f"--demos {seed}")
+    assert again["per_seed"][0]["results"]["accuracy"] == res["per_seed"][0]["results"]["accuracy"]
+    a, b = again["per_seed"][0]["results"]["qponder"], res["per_seed"][0]["results"]["qponder"]  # from summary.json
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a if B._finite(b[k]))  # NaN is stored as null
+    assert (tmp_path / "from-demos" / "ablation.md").exists()
+    with pytest.raises(SystemExit, match="not a finished qponder demo"):
+        B.run(demos=(tmp_path / "from-demos",), out=tmp_path / "x")
+    with pytest.raises(SystemExit, match="--quick and --set do not apply"):
+        B.run(demos=(seed,), sets=("grpo_steps=3",), out=tmp_path / "x")
+
 
 def test_paired_difference_to_sft_per_seed_and_the_table():
     srcc = {0: (0.5, 0.6), 1: (0.6, 0.55), 2: (0.4, 0.5)}  # seed: (SFT, arm)

@@ -517,7 +517,8 @@ def _done_images(files: Sequence[Path], settings: dict, settings_id: str) -> set
             differ = [f"{k} {other.get(k)!r}, now {settings.get(k)!r}" for k in ("model", "readout", "backend")
                       if other.get(k) != settings.get(k)]
             what = "; ".join(differ) or ("the same model, readout and backend, but another prompt, sampling, token "
-                                         "limit or pixel budget")
+                                         "limit or pixel budget" if other.get("settings_id") else
+                                         "records without a settings fingerprint, written by an older qponder")
             raise QponderError(f"{f}: already holds predictions made with other settings ({what}); resuming would "
                                "mix them. Use another output or delete it.")
         done |= {r["image"] for r in old}
