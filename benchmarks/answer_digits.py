@@ -92,7 +92,7 @@ def level_agreement(levels: Sequence[Optional[int]], answers: Sequence[float],
 
 
 def in_level_counterfactual(levels: Sequence[Optional[int]], answers: Sequence[float],
-                     tenths: Sequence[Sequence[float]]) -> dict:
+                            tenths: Sequence[Sequence[float]]) -> dict:
     """Distinct answers at one decimal as written, and if each answer's tenths digit had been the most likely one
     that keeps it inside its reasoning's named level (:func:`in_level_tenths`; an answer whose level is unnamed or
     out of reach of its leading digit keeps its written tenths digit). Answers below 5, as :func:`level_agreement`."""

@@ -222,7 +222,9 @@ def test_score_output_written_with_other_settings_is_refused(tiny_model_dir, tmp
     assert "already holds predictions made with other settings" in err and str(out) in err
     assert "readout 'generate', now 'levels'" in err  # what differs is named
     assert len(out.read_text().splitlines()) == 1  # nothing mixed in
-    assert cli_main(base[:-1] + ["5"]) == 2  # another token limit: not in the record, named as a kind
+    other_limit = list(base)
+    other_limit[base.index("--max-new-tokens") + 1] = "5"
+    assert cli_main(other_limit) == 2  # another token limit: not in the record, named as a kind
     err = capsys.readouterr().err
     assert "the same model, readout and backend, but another prompt, sampling, token limit" in err
     assert len(out.read_text().splitlines()) == 1
