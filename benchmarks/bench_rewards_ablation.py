@@ -24,7 +24,14 @@ Every run resumes (finished arms are kept). Writes ``ablation.json``, ``ablation
 ``ablation.png`` (per metric, each arm's value per seed) under ``--out``.
 
     python -m benchmarks.bench_rewards_ablation [--quick] [--seeds 0,1,2] [--arms qponder,accuracy,...]
-        [--out bench-out/rewards_ablation] [--set sft_answer_weight=10 ...]
+        [--out bench-out/rewards_ablation] [--set sft_answer_weight=10 ...] [--jobs N]
+
+``--jobs N`` runs N jobs (a seed's demo, then each of its arms) at a time, each in its own process with cores // N
+threads and its output in ``<seed folder>/ablation-<job>.log``; this process prints when each starts and ends. On 2
+cores ``--jobs 2`` does more work per minute than one job at two threads (the small model's steps use a second
+thread poorly); a result can differ from a one-job run's in float rounding, as any change of thread count makes it.
+The time reported is the wall time of every invocation into ``--out`` (saved as each job ends) plus, with
+``--demos``, the demos' own recorded minutes; the work summed is reported beside it.
 
 From finished demos instead (``--demos DIR,DIR,...``: folders written by ``qponder demo --seed S --out DIR``): each
 folder is one seed (its own ``demo_settings.json``), its SFT and ``qponder`` rows are read from its ``summary.json``,
@@ -36,8 +43,10 @@ that path, and a resumed evaluation must name it the same way.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -135,46 +144,153 @@ def finished_demo(folder: Path):
     return cfg, summary
 
 
-def run_arms(d: Path, cfg, arms: tuple[str, ...], summary: dict) -> dict:
-    """One seed: the SFT and ``qponder`` rows from the demo's ``summary``, and every other arm's GRPO from the demo's
-    SFT checkpoint in ``d`` (kept when finished), each evaluated on the test split."""
+def arm_result(d: Path, cfg, arm: str) -> dict:
+    """One arm of one seed: its GRPO from the SFT checkpoint in ``d`` (kept when finished), the test-split evaluation,
+    the run's dynamics and its work seconds."""
     from qponder.demo.runner import eval_stage, grpo_settings
     from qponder.train.grpo import run_grpo
 
+    t0 = time.time()
+    arm_dir = d / f"grpo-{arm}"
+    timing = arm_dir / "arm_seconds.json"  # the work's time, kept for a resumed run's total
+    if not (arm_dir / "final" / "config.json").exists():
+        run_grpo(grpo_settings(cfg, d / "sft" / "final", arm_dir, rewards=ARMS[arm]))
+    row = _row(eval_stage(arm_dir / "final", d / f"eval-grpo-{arm}", cfg))
+    if not timing.exists():
+        timing.write_text(json.dumps(round(time.time() - t0, 1)))
+    return {"row": row, "grpo": grpo_dynamics(arm_dir), "seconds": json.loads(timing.read_text())}
+
+
+def seed_result(d: Path, arms: tuple[str, ...], summary: dict, done: dict[str, dict]) -> dict:
+    """One seed's rows: SFT and ``qponder`` from the demo's ``summary``, every other arm from ``done`` (``arm_result``
+    per arm)."""
     rows = {"sft": _row(summary["results"]["sft"])}
     seconds = {"demo": round(sum(summary["seconds"].values()), 1)}  # as recorded when each stage ran
     dyn = {"qponder": grpo_dynamics(d / "grpo")}
     if "qponder" in arms:
         rows["qponder"] = _row(summary["results"]["grpo"])
-    for arm in arms:
-        if arm == "qponder":
-            continue
-        t0 = time.time()
-        arm_dir = d / f"grpo-{arm}"
-        timing = arm_dir / "arm_seconds.json"  # the work's time, kept for a resumed run's total
-        if not (arm_dir / "final" / "config.json").exists():
-            run_grpo(grpo_settings(cfg, d / "sft" / "final", arm_dir, rewards=ARMS[arm]))
-        rows[arm] = _row(eval_stage(arm_dir / "final", d / f"eval-grpo-{arm}", cfg))
-        dyn[arm] = grpo_dynamics(arm_dir)
-        if not timing.exists():
-            timing.write_text(json.dumps(round(time.time() - t0, 1)))
-        seconds[arm] = json.loads(timing.read_text())
+    for arm in _others(arms):
+        rows[arm], dyn[arm], seconds[arm] = done[arm]["row"], done[arm]["grpo"], done[arm]["seconds"]
     return {"results": rows, "grpo": dyn, "seconds": seconds}
+
+
+def _others(arms: tuple[str, ...]) -> list[str]:
+    """The arms that train beside the demo (its own GRPO is the ``qponder`` arm)."""
+    return [a for a in arms if a != "qponder"]
+
+
+def run_jobs(plan: dict[int, tuple[Path, object, dict | None]], arms: tuple[str, ...], jobs: int,
+             wall: "WallClock") -> dict[int, dict]:
+    """Run the seeds' demos (``plan``: seed -> (folder, DemoSettings, the demo's summary or None to run it)) and then
+    their arms, ``jobs`` at a time, each in its own process with ``cores // jobs`` threads and its output in
+    ``<folder>/ablation-<job>.log``. A failed job stops the others (their finished work is kept for a rerun) and is
+    named with the end of its log."""
+    import subprocess
+
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    summaries = {seed: summary for seed, (_, _, summary) in plan.items() if summary is not None}
+    queue = [(seed, "demo") for seed in plan if seed not in summaries]
+    queue += [(seed, arm) for seed in summaries for arm in _others(arms)]
+    total = len(queue) + len([s for s in plan if s not in summaries]) * len(_others(arms))
+    done: dict[int, dict[str, dict]] = {seed: {} for seed in plan}
+    running: dict[tuple[int, str], tuple] = {}
+    finished = 0
+
+    def say(seed: int, job: str, what: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} seed {seed}, {job}: {what}", flush=True)
+
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                seed, job = queue.pop(0)
+                d, cfg, _ = plan[seed]
+                d.mkdir(parents=True, exist_ok=True)
+                log, result = d / f"ablation-{job}.log", d / f"ablation-{job}.json"
+                result.unlink(missing_ok=True)
+                settings = json.dumps({**dataclasses.asdict(cfg), "out": str(d), "progress": False})
+                with open(log, "w") as f:
+                    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--job", job,
+                                             "--job-settings", settings, "--job-result", str(result)],
+                                            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                running[(seed, job)] = (proc, log, result, time.time())
+                say(seed, job, f"started ({threads} thread{'s' * (threads > 1)}; log {log})")
+            time.sleep(1.0)
+            for (seed, job), (proc, log, result, t0) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[(seed, job)]
+                if proc.returncode != 0:
+                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                    raise SystemExit(f"seed {seed}, {job}: failed (exit {proc.returncode}); the other jobs are "
+                                     f"stopped, finished work is kept for a rerun. The end of {log}:\n{tail}")
+                finished += 1
+                wall.save()
+                if job == "demo":
+                    summaries[seed] = json.loads((plan[seed][0] / "summary.json").read_text(encoding="utf-8"))
+                    queue += [(seed, arm) for arm in _others(arms)]
+                    got = {"sft": summaries[seed]["results"]["sft"], "qponder": summaries[seed]["results"]["grpo"]}
+                else:
+                    done[seed][job] = json.loads(result.read_text(encoding="utf-8"))
+                    got = {job: done[seed][job]["row"]}
+                srcc = ", ".join(f"{k} {_fmt(v.get('srcc'))}" for k, v in got.items())
+                say(seed, job, f"finished in {(time.time() - t0) / 60:.1f} min; test SRCC {srcc} "
+                               f"({finished}/{total} jobs)")
+    finally:
+        for proc, *_ in running.values():
+            proc.terminate()
+            proc.wait()
+    return {seed: seed_result(plan[seed][0], arms, summaries[seed], done[seed]) for seed in plan}
+
+
+def _job_main(job: str, settings: str, result: Path) -> int:
+    """One job of ``run_jobs``, in its own process: a seed's demo (its summary.json is the result) or one arm."""
+    import torch
+
+    from qponder.demo.runner import DemoSettings, run_demo
+    from qponder.io import write_json_atomic
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    cfg = DemoSettings(**json.loads(settings))
+    if job == "demo":
+        run_demo(cfg)
+    else:
+        write_json_atomic(arm_result(Path(cfg.out), cfg, job), result)
+    return 0
+
+
+class WallClock:
+    """Wall seconds of every invocation that ran jobs into one output folder (``wall_seconds.json``), saved as each
+    job ends, so a resumed ablation's wall time counts its earlier invocations up to their last finished job."""
+
+    def __init__(self, path: Path):
+        self.path, self.t0 = path, time.time()
+        self.earlier = json.loads(path.read_text()) if path.is_file() else []
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps([*self.earlier, round(time.time() - self.t0, 1)]))
+
+    def seconds(self) -> float:
+        return sum(self.earlier) + time.time() - self.t0
 
 
 def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str, ...] = DEFAULT_ARMS,
         out: Path = Path("bench-out/rewards_ablation"), sets: tuple[str, ...] = (),
-        demos: tuple[Path, ...] = ()) -> dict:
+        demos: tuple[Path, ...] = (), jobs: int = 1) -> dict:
     """``sets``: ``KEY=VALUE`` overrides of the demo's settings (``DemoSettings``) for every seed and arm.
-    ``demos``: finished demo folders to take the seeds from instead of running the demo (module docstring)."""
+    ``demos``: finished demo folders to take the seeds from instead of running the demo (module docstring).
+    ``jobs``: how many demos / arms run at a time, each in its own process (``run_jobs``); 1 runs them in this one."""
     from qponder.config import cli_overrides, load_config
-    from qponder.demo.runner import DemoSettings, run_demo
+    from qponder.demo.runner import DemoSettings
 
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     if demos and (quick or sets):
         raise SystemExit("--demos takes each demo's own settings: --quick and --set do not apply")
+    if jobs < 1:
+        raise SystemExit(f"--jobs {jobs}: give 1 or more")
     if demos:
         found = {Path(d): finished_demo(Path(d)) for d in demos}
         seeds = tuple(cfg.seed for cfg, _ in found.values())
@@ -187,22 +303,31 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str
     quick_set = {"model_size": "tiny", "sft_epochs": 0.1, "grpo_steps": 2, "grpo_batch_size": 8,
                  "grpo_num_generations": 4, "grpo_val_every": 2, "eval_max_samples": 8, "max_new_tokens": 48,
                  "vision_pretrain_samples": 64, "vision_pretrain_epochs": 1} if quick else {}
-    per_seed: dict[int, dict] = {}
     if demos:
-        per_seed = {cfg.seed: run_arms(d, cfg, arms, summary) for d, (cfg, summary) in found.items()}
+        plan = {cfg.seed: (d, cfg, summary) for d, (cfg, summary) in found.items()}
     else:
-        for seed in seeds:
-            d = out / f"seed{seed}"
-            cfg = load_config(DemoSettings, None, cli_overrides(list(sets), {"out": d, "seed": seed,
-                                                                           "progress": False, **quick_set}))
-            summary = run_demo(cfg)  # untrained -> SFT -> the qponder arm, with evaluations
-            per_seed[seed] = run_arms(d, cfg, arms, summary)
+        plan = {seed: (out / f"seed{seed}", load_config(DemoSettings, None, cli_overrides(list(sets), {
+            "out": out / f"seed{seed}", "seed": seed, "progress": False, **quick_set})), None) for seed in seeds}
+    wall = WallClock(out / "wall_seconds.json")
+    if jobs > 1:
+        per_seed = run_jobs(plan, arms, jobs, wall)
+    else:
+        from qponder.demo.runner import run_demo
+
+        per_seed = {}
+        for seed, (d, cfg, summary) in plan.items():
+            summary = summary or run_demo(cfg)  # untrained -> SFT -> the qponder arm, with evaluations
+            per_seed[seed] = seed_result(d, arms, summary, {arm: arm_result(d, cfg, arm) for arm in _others(arms)})
+            wall.save()
+    wall.save()
 
     table, paired = aggregate(per_seed, seeds, arms)
     dynamics = {arm: {k: _stats([per_seed[s]["grpo"][arm][k] for s in seeds])["mean"]
                       for k in ("zero_std_share", "reward_first_third", "reward_last_third", "val_srcc_first",
                                 "val_srcc_last")} for arm in arms}
     minutes = sum(v for k in seeds for v in per_seed[k]["seconds"].values()) / 60  # work time, resume-proof
+    # wall time: this run and the earlier ones into --out, plus finished demos' own minutes (they ran before)
+    wall_minutes = (wall.seconds() + sum(per_seed[k]["seconds"]["demo"] for k in seeds) * bool(demos)) / 60
     targets = {}
     if "qponder" in arms:
         q, sft = table["qponder"], table["sft"]
@@ -221,11 +346,13 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str
             f"qponder_distinct_answers_ge_{TARGET_DISTINCT}": _ge(q["distinct_answers"]["mean"], TARGET_DISTINCT),
         }
     targets[f"sft_srcc_ge_{TARGET_SFT_SRCC}"] = _ge(table["sft"]["srcc"]["mean"], TARGET_SFT_SRCC)
-    targets[f"whole_run_le_{TARGET_MINUTES}_min"] = None if quick else minutes <= TARGET_MINUTES
+    targets[f"whole_run_le_{TARGET_MINUTES}_min"] = None if quick else wall_minutes <= TARGET_MINUTES
     result = {"seeds": list(seeds), "arms": list(arms), "quick": quick, "per_seed": per_seed, "summary": table,
               "paired_to_sft": paired, "grpo_dynamics": dynamics, "targets": targets, "minutes": round(minutes, 1),
+              "wall_minutes": round(wall_minutes, 1), "jobs": jobs,
               "command": "python -m benchmarks.bench_rewards_ablation" + (" --quick" if quick else "")
-              + "".join(f" --set {x}" for x in sets) + (f" --demos {','.join(map(str, demos))}" if demos else "")}
+              + "".join(f" --set {x}" for x in sets) + (f" --demos {','.join(map(str, demos))}" if demos else "")
+              + (f" --jobs {jobs}" if jobs > 1 else "")}
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(result, indent=2))
     (out / "ablation.md").write_text(markdown(result))
@@ -245,6 +372,10 @@ def plot(result: dict, path: Path) -> Path:
     panels = {title: {s: [result["per_seed"][k]["results"][s].get(metric) for k in seeds] for s in stages}
               for title, metric in PLOTTED.items()}
     return paired_seed_plot(panels, seeds, path, f"Stage-2 reward ablation, test split ({result['command']})")
+
+
+def _fmt(x) -> str:
+    return f"{x:.3f}" if _finite(x) else "n/a"
 
 
 def _lt(a, b):
@@ -281,7 +412,9 @@ def markdown(result: dict) -> str:
                      f"{_pm(s['expected_distinct'], 1)} | {zero} | {val} |")
     targets = "\n".join(f"- {k}: {'met' if v else 'not met' if v is not None else 'n/a'}"
                         for k, v in result["targets"].items())
-    return (f"Seeds {result['seeds']}, {result['minutes']} min (`{result['command']}`)\n\n{head}"
+    wall = result.get("wall_minutes", result["minutes"])
+    return (f"Seeds {result['seeds']}, {wall} min wall, {result['minutes']} min of work (`{result['command']}`)\n\n"
+            f"{head}"
             + "\n".join(lines) + f"\n\nTargets:\n{targets}\n")
 
 
@@ -295,10 +428,17 @@ def main(argv=None) -> int:
                     help="a demo setting for every seed and arm, e.g. --set sft_answer_weight=10 (repeatable)")
     ap.add_argument("--demos", default="", metavar="DIR,DIR,...",
                     help="finished qponder demo folders (one per seed) to run the other arms from, instead of --seeds")
+    ap.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="run N demos / arms at a time, each in its own process with cores // N threads")
+    ap.add_argument("--job", help=argparse.SUPPRESS)  # run_jobs' child: one demo or arm
+    ap.add_argument("--job-settings", help=argparse.SUPPRESS)
+    ap.add_argument("--job-result", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.job:
+        return _job_main(a.job, a.job_settings, a.job_result)
     res = run(quick=a.quick, seeds=tuple(int(s) for s in a.seeds.split(",")),
               arms=tuple(x for x in a.arms.split(",") if x), out=a.out, sets=tuple(a.sets),
-              demos=tuple(Path(x) for x in a.demos.split(",") if x))
+              demos=tuple(Path(x) for x in a.demos.split(",") if x), jobs=a.jobs)
     print(markdown(res))
     return 0
 

@@ -30,20 +30,35 @@ def test_quick_ablation_trains_each_arm_from_the_same_sft_checkpoint(tmp_path):
     assert "| rank_fidelity |" in (tmp_path / "quick" / "ablation.md").read_text()
     assert (tmp_path / "quick" / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # --demos: the same finished demo folder as a seed; the finished arm is kept, a new one trains inside the folder
+    # --demos: the same finished demo folder as a seed; the finished arm is kept, a new one trains inside the folder;
+    # --jobs 2: the two arms in two processes at once, each with its own log
     kept = (seed / "grpo-accuracy" / "final" / "model.safetensors").stat().st_mtime_ns
-    again = B.run(arms=("accuracy", "threshold", "qponder"), out=tmp_path / "from-demos", demos=(seed,))
+    again = B.run(arms=("accuracy", "threshold", "qponder"), out=tmp_path / "from-demos", demos=(seed,), jobs=2)
     assert (seed / "grpo-accuracy" / "final" / "model.safetensors").stat().st_mtime_ns == kept
     assert "name: accuracy_threshold" in (seed / "grpo-threshold" / "grpo_config.yaml").read_text()
-    assert again["seeds"] == [0] and again["command"].endswith(f"--demos {seed}")
-    assert again["per_seed"][0]["results"]["accuracy"] == res["per_seed"][0]["results"]["accuracy"]
-    a, b = again["per_seed"][0]["results"]["qponder"], res["per_seed"][0]["results"]["qponder"]  # from summary.json
-    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a if B._finite(b[k]))  # NaN is stored as null
+    assert again["seeds"] == [0] and again["command"].endswith(f"--demos {seed} --jobs 2")
+    assert "train_runtime" in (seed / "ablation-threshold.log").read_text()  # the child's own output
+    assert (seed / "ablation-accuracy.log").exists() and not (seed / "ablation-demo.log").exists()
+    recorded = sum(res["per_seed"][0]["seconds"].values()) - res["per_seed"][0]["seconds"]["rank_fidelity"]
+    assert again["minutes"] == pytest.approx(recorded / 60 + again["per_seed"][0]["seconds"]["threshold"] / 60, abs=0.1)
+    assert again["per_seed"][0]["seconds"]["demo"] / 60 < again["wall_minutes"] < again["minutes"] + 1
+    for arm in ("accuracy", "qponder"):  # the kept arm from its child process's JSON, qponder from summary.json
+        a, b = again["per_seed"][0]["results"][arm], res["per_seed"][0]["results"][arm]
+        assert a.keys() == b.keys() and all(a[k] == b[k] for k in a if B._finite(b[k]))  # NaN is stored as null
     assert (tmp_path / "from-demos" / "ablation.md").exists()
     with pytest.raises(SystemExit, match="not a finished qponder demo"):
         B.run(demos=(tmp_path / "from-demos",), out=tmp_path / "x")
     with pytest.raises(SystemExit, match="--quick and --set do not apply"):
         B.run(demos=(seed,), sets=("grpo_steps=3",), out=tmp_path / "x")
+
+    # a job that fails (a demo folder without its SFT checkpoint) is named, with the end of its log
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("demo_settings.json", "summary.json"):
+        (broken / name).write_bytes((seed / name).read_bytes())
+    with pytest.raises(SystemExit, match=r"seed 0, accuracy: failed \(exit 1\).*ablation-accuracy.log") as e:
+        B.run(arms=("accuracy", "qponder"), out=tmp_path / "y", demos=(broken,), jobs=2)
+    assert "sft/final" in str(e.value)
 
 
 def test_paired_difference_to_sft_per_seed_and_the_table():
