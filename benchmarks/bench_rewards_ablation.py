@@ -192,7 +192,7 @@ def run_jobs(plan: dict[int, tuple[Path, object, dict | None]], arms: tuple[str,
     summaries = {seed: summary for seed, (_, _, summary) in plan.items() if summary is not None}
     queue = [(seed, "demo") for seed in plan if seed not in summaries]
     queue += [(seed, arm) for seed in summaries for arm in _others(arms)]
-    total = len(queue) + len([s for s in plan if s not in summaries]) * len(_others(arms))
+    total = len(plan) - len(summaries) + len(plan) * len(_others(arms))  # demos to run, then every seed's arms
     done: dict[int, dict[str, dict]] = {seed: {} for seed in plan}
     running: dict[tuple[int, str], tuple] = {}
     finished = 0
@@ -268,8 +268,10 @@ class WallClock:
         self.earlier = json.loads(path.read_text()) if path.is_file() else []
 
     def save(self) -> None:
+        from qponder.io import write_json_atomic
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps([*self.earlier, round(time.time() - self.t0, 1)]))
+        write_json_atomic([*self.earlier, round(time.time() - self.t0, 1)], self.path)
 
     def seconds(self) -> float:
         return sum(self.earlier) + time.time() - self.t0
