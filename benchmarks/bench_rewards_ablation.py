@@ -148,6 +148,7 @@ def arm_result(d: Path, cfg, arm: str) -> dict:
     """One arm of one seed: its GRPO from the SFT checkpoint in ``d`` (kept when finished), the test-split evaluation,
     the run's dynamics and its work seconds."""
     from qponder.demo.runner import eval_stage, grpo_settings
+    from qponder.io import write_json_atomic
     from qponder.train.grpo import run_grpo
 
     t0 = time.time()
@@ -157,7 +158,7 @@ def arm_result(d: Path, cfg, arm: str) -> dict:
         run_grpo(grpo_settings(cfg, d / "sft" / "final", arm_dir, rewards=ARMS[arm]))
     row = _row(eval_stage(arm_dir / "final", d / f"eval-grpo-{arm}", cfg))
     if not timing.exists():
-        timing.write_text(json.dumps(round(time.time() - t0, 1)))
+        write_json_atomic(round(time.time() - t0, 1), timing)
     return {"row": row, "grpo": grpo_dynamics(arm_dir), "seconds": json.loads(timing.read_text())}
 
 
@@ -355,9 +356,11 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), arms: tuple[str
               "command": "python -m benchmarks.bench_rewards_ablation" + (" --quick" if quick else "")
               + "".join(f" --set {x}" for x in sets) + (f" --demos {','.join(map(str, demos))}" if demos else "")
               + (f" --jobs {jobs}" if jobs > 1 else "")}
+    from qponder.io import write_json_atomic, write_text_atomic
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(result, indent=2))
-    (out / "ablation.md").write_text(markdown(result))
+    write_json_atomic(result, out / "ablation.json")
+    write_text_atomic(markdown(result), out / "ablation.md")
     plot(result, out / "ablation.png")
     return result
 

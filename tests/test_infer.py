@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -246,6 +247,33 @@ def test_resume_never_mixes_backends(tiny_model_dir, tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 1
     assert cli_main(base + ["--dtype", "float32"]) == 0  # the same backend resumes
 
+
+
+def test_resume_knows_the_model_however_its_folder_is_spelled(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Records name a local model by its absolute path: a run resumed from another working directory, with the
+    folder given relatively, matches the file instead of being refused as another model."""
+    p = tmp_path / "one.png"
+    _images(1)[0].save(p)
+    out = tmp_path / "s.jsonl"
+    assert cli_main(["score", str(p), "--model", str(tiny_model_dir), "--out", str(out), "--max-new-tokens", "4"]) == 0
+    monkeypatch.chdir(tiny_model_dir.parent)
+    rel = ["score", str(p), "--model", os.path.join(".", tiny_model_dir.name, ""), "--out", str(out),
+           "--max-new-tokens", "4"]
+    assert cli_main(rel) == 0
+    assert "0 image(s), 1 already done" in capsys.readouterr().err
+    assert [json.loads(x)["model"] for x in out.read_text().splitlines()] == [str(tiny_model_dir)]
+    # a model that is not a local folder (a hub id) is named as given, and is another model
+    from qponder import infer
+    assert infer.model_identity("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    # a file an older qponder wrote (the folder as spelled, relative) still resumes from where it was written
+    older = tmp_path / "older.jsonl"
+    with monkeypatch.context() as m:
+        m.setattr(infer, "model_identity", lambda name: name)
+        assert cli_main(rel[:4] + ["--out", str(older), "--max-new-tokens", "4"]) == 0
+    assert json.loads(older.read_text())["model"] == rel[3]
+    assert cli_main(["score", str(p), "--model", str(tiny_model_dir), "--out", str(older), "--max-new-tokens",
+                     "4"]) == 0
+    assert "0 image(s), 1 already done" in capsys.readouterr().err and len(older.read_text().splitlines()) == 1
 
 # -- batch invariance and reproducibility (issue 16.5) ---------------------------------------------------------------
 

@@ -511,7 +511,7 @@ def _done_images(files: Sequence[Path], settings: dict, settings_id: str) -> set
         if not f.exists():
             continue
         old = [r for r in read_jsonl(f) if isinstance(r, dict) and "image" in r]
-        other = next((r for r in old if r.get("settings_id") != settings_id), None)
+        other = next((r for r in old if not written_with(r, settings, settings_id)), None)
         if other is not None:
             # name what differs among the fields a record carries; the rest only shows in the fingerprint
             differ = [f"{k} {other.get(k)!r}, now {settings.get(k)!r}" for k in ("model", "readout", "backend")
@@ -525,19 +525,43 @@ def _done_images(files: Sequence[Path], settings: dict, settings_id: str) -> set
     return done
 
 
+def model_identity(name: str) -> str:
+    """How prediction records name a model: a local folder by its absolute path, so a run resumed from another
+    working directory, or with the folder spelled another way, matches; a hub id as given."""
+    path = os.path.expanduser(name)
+    return os.path.abspath(path) if os.path.exists(path) else name
+
+
+def written_with(record: dict, settings: dict, settings_id: str) -> bool:
+    """Whether a prediction record was made with these settings. An older qponder named the model folder as the
+    command spelled it: such a record counts if that spelling (from this working directory) is the same folder."""
+    if record.get("settings_id") == settings_id:
+        return True
+    spelled = record.get("model")
+    return (isinstance(spelled, str) and spelled != settings["model"] and model_identity(spelled) == settings["model"]
+            and record.get("settings_id") == settings_fingerprint({**settings, "model": spelled}))
+
+
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    """The ``settings_id`` every prediction record carries."""
+    from qponder.prompts import prompt_fingerprint
+
+    return prompt_fingerprint(json.dumps(settings, sort_keys=True, default=str))
+
+
 def score_settings(scorer: Any, **options: Any) -> tuple[dict[str, Any], str]:
     """Everything that changes a prediction, and its fingerprint: a resumed output file must have been written with
     the same ones. ``options``: the run's samples, readout, temperature (None: the scorer's), pixel budget, and any
     other input that shapes the answers (a video's ``frames``)."""
     from qponder.prompts import prompt_fingerprint
 
-    settings = {"model": scorer.model_name, "prompt": prompt_fingerprint(scorer.prompt), "top_p": scorer.top_p,
-                "max_new_tokens": scorer.max_new_tokens, "seed": scorer.seed,
+    settings = {"model": model_identity(scorer.model_name), "prompt": prompt_fingerprint(scorer.prompt),
+                "top_p": scorer.top_p, "max_new_tokens": scorer.max_new_tokens, "seed": scorer.seed,
                 "backend": getattr(scorer, "backend", type(scorer).__name__),  # HF and vLLM answers differ
                 **options}
     if settings.get("temperature") is None:
         settings["temperature"] = scorer.temperature
-    return settings, prompt_fingerprint(json.dumps(settings, sort_keys=True, default=str))
+    return settings, settings_fingerprint(settings)
 
 
 def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | None = None,
@@ -628,7 +652,7 @@ def score_files(scorer: QualityScorer, paths: Sequence[str], *, out_path: str | 
             if i not in todo:
                 continue
             rec = res.to_dict()
-            rec["model"] = scorer.model_name
+            rec["model"] = settings["model"]
             rec["backend"] = settings["backend"]
             rec["settings_id"] = settings_id
             if extra is not None:

@@ -29,6 +29,7 @@ from qponder.infer import (
     files_in_folder,
     mean_and_std,
     score_settings,
+    written_with,
 )
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
@@ -194,7 +195,7 @@ def score_videos(scorer: QualityScorer, paths: Sequence[str], *, out_path: str |
     if out_path and Path(out_path).exists():
         for r in read_jsonl(out_path):
             if isinstance(r, dict) and "video" in r:
-                if r.get("settings_id") != settings_id:
+                if not written_with(r, settings, settings_id):
                     raise QponderError(f"{out_path}: already holds video scores made with other settings (model "
                                        f"{r.get('model')!r}, {len(r.get('frames') or [])} frames); resuming would mix "
                                        "them. Use another output or delete it.")
@@ -210,7 +211,7 @@ def score_videos(scorer: QualityScorer, paths: Sequence[str], *, out_path: str |
             stats.unreadable += 1
             continue
         rec = score_video(scorer, video, name, samples=samples, readout=readout, temperature=temperature)
-        rec.update(model=scorer.model_name, backend=settings["backend"], settings_id=settings_id)
+        rec.update(model=settings["model"], backend=settings["backend"], settings_id=settings_id)
         if out_path:
             append_jsonl(out_path, rec)
         if on_result is not None:
