@@ -538,7 +538,7 @@ def written_with(record: dict, settings: dict, settings_id: str) -> bool:
     if record.get("settings_id") == settings_id:
         return True
     spelled = record.get("model")
-    return (isinstance(spelled, str) and spelled != settings["model"] and model_identity(spelled) == settings["model"]
+    return (isinstance(spelled, str) and model_identity(spelled) == settings["model"]
             and record.get("settings_id") == settings_fingerprint({**settings, "model": spelled}))
 
 
