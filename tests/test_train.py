@@ -296,6 +296,39 @@ def test_two_process_cpu_zero3_grpo_with_the_levels_reader(sft_trained, data_fil
     assert list((out / "final").glob("*.safetensors")), "ZeRO-3 saved no weights to final/"
 
 
+
+def test_two_process_cpu_zero3_lora_sft_saves_a_merged_model(tiny_model_dir, data_file, tmp_path):
+    """LoRA under ZeRO-3: the merged model is built by rank 0 alone from the saved adapter while the others wait;
+    with ZeRO-3 still active transformers would build it inside zero.Init, whose collectives the waiting ranks never
+    join (a hang until the process group's timeout). It is loaded whole, and the merged model equals the adapter."""
+    assert (DEEPSPEED_DIR / "deepspeed").is_dir(), f"{DEEPSPEED_DIR}: DeepSpeed for this test is missing; run make install"
+    out = tmp_path / "zero3-lora"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", "3",
+           "--zero3_init_flag", "true", "--zero3_save_16bit_model", "true", "--num_processes", "2",
+           "--num_machines", "1", "--gradient_accumulation_steps", "1", "--gradient_clipping", "1.0",
+           "--offload_optimizer_device", "none", "--offload_param_device", "none", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "qponder", "sft",
+           "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(out), "--max-steps", "2",
+           "--set", "optim.batch_size=2", "--set", "optim.learning_rate=5e-3", "--set", "model.dtype=float32",
+           "--set", "model.lora.enabled=true", "--set", "model.lora.r=4", "--set", "run.logging_steps=1"]
+    env = _env()
+    env.pop("RANK", None)
+    env["PYTHONPATH"] = f"{env['PYTHONPATH']}{os.pathsep}{DEEPSPEED_DIR}"
+    env["PATH"] = f"{DEEPSPEED_DIR / 'bin'}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "final" / "adapter_config.json").exists() and (out / "merged" / "config.json").exists()
+    from qponder.models import load_model_and_processor
+
+    adapter = load_model_and_processor(out / "final", device="cpu", dtype="float32")
+    merged = load_model_and_processor(out / "merged", device="cpu", dtype="float32")
+    plain = load_model_and_processor(tiny_model_dir, device="cpu", dtype="float32")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        want = adapter.model(input_ids=ids).logits
+        torch.testing.assert_close(merged.model(input_ids=ids).logits, want, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(plain.model(input_ids=ids).logits, want)  # the adapter was trained
+
 def test_val_metrics_by_hand():
     from qponder.train.val import VAL_KEYS, val_metrics
 

@@ -142,3 +142,23 @@ def test_trl_block_passes_any_trl_field_and_names_unknown_ones(tmp_path):
     # the 7B recipe's block and a --set reach TRL's field names unchanged
     cfg = load_config(GRPOSettings, ROOT / "recipes/grpo_qwen2_5_vl_7b.yaml", ["trl.ddp_timeout=7200"])
     assert cfg.trl == {"vllm_max_model_length": 4096, "ddp_timeout": 7200}
+
+
+def test_resume_skips_a_checkpoint_whose_save_was_cut_short(tmp_path, caplog):
+    """The Trainer writes trainer_state.json last: a checkpoint folder without it is a save a kill cut short, and
+    resuming from it fails; the newest complete one is taken, by step number (checkpoint-10 after checkpoint-9)."""
+    from qponder.train.common import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "none") is None
+    for step, complete in ((5, True), (9, True), (10, True), (15, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-final-notes").mkdir()  # not a step: ignored
+    with caplog.at_level(logging.WARNING, logger="qponder.train.common"):
+        assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert "checkpoint-15: no trainer_state.json" in caplog.text
+    (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
+    (tmp_path / "checkpoint-5" / "trainer_state.json").unlink()
+    (tmp_path / "checkpoint-9" / "trainer_state.json").unlink()
+    assert last_checkpoint(tmp_path) is None  # nothing complete: train from the start

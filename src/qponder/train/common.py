@@ -201,12 +201,19 @@ def load_for_training(ms: ModelSettings, args=None):
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete ``checkpoint-N`` in ``output_dir``. The Trainer writes ``trainer_state.json`` last, so a
+    folder without it is a save cut short by a kill (minutes long for a 7B model's ZeRO-3 state): skipped with a
+    warning, where transformers' ``get_last_checkpoint`` would pick it and every resume would fail on it."""
     d = Path(output_dir)
     if not d.is_dir():
         return None
-    return get_last_checkpoint(str(d))
+    steps = sorted((int(p.name.split("-", 1)[1]), p) for p in d.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-", 1)[1].isdigit())
+    for step, p in reversed(steps):
+        if (p / "trainer_state.json").is_file():
+            return str(p)
+        log.warning("%s: no trainer_state.json (a save cut short); resuming from an earlier checkpoint", p)
+    return None
 
 
 def trainer_common_kwargs(run: RunSettings, opt: OptimSettings) -> dict[str, Any]:
@@ -314,10 +321,13 @@ def save_final(trainer, processor, output_dir: str | Path, is_peft: bool, merge_
         if is_peft and merge_lora:
             # Merge from the saved adapter on CPU: the live model may be sharded across ranks. In the training dtype:
             # a 7B base in fp32 would take ~30 GB of host memory and twice the time while the other ranks wait.
-            from qponder.models import load_model_and_processor
+            # Loaded whole: under a still-active ZeRO-3, transformers would build it inside zero.Init, whose
+            # collectives the waiting ranks never join.
+            from qponder.models import load_model_and_processor, zero3_disabled_for_load
 
             merged = out / "merged"
-            lm = load_model_and_processor(final, device="cpu", dtype=merge_dtype, merge_adapter=True)
+            with zero3_disabled_for_load():
+                lm = load_model_and_processor(final, device="cpu", dtype=merge_dtype, merge_adapter=True)
             lm.model.save_pretrained(merged)
             processor.save_pretrained(merged)
             paths["merged"] = str(merged)
