@@ -301,7 +301,7 @@ def test_two_process_cpu_zero3_lora_sft_saves_a_merged_model(tiny_model_dir, dat
     """LoRA under ZeRO-3: the merged model is built by rank 0 alone from the saved adapter while the others wait;
     with ZeRO-3 still active transformers would build it inside zero.Init, whose collectives the waiting ranks never
     join (a hang until the process group's timeout). It is loaded whole, and the merged model equals the adapter."""
-    assert (DEEPSPEED_DIR / "deepspeed").is_dir(), f"{DEEPSPEED_DIR}: DeepSpeed for this test is missing; run make install"
+    assert (DEEPSPEED_DIR / "deepspeed").is_dir(), f"{DEEPSPEED_DIR}: DeepSpeed for this test is missing; make install"
     out = tmp_path / "zero3-lora"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", "3",
            "--zero3_init_flag", "true", "--zero3_save_16bit_model", "true", "--num_processes", "2",
