@@ -207,3 +207,16 @@ def test_vllm_gets_tensor_parallel_size_and_is_not_sharded(tiny_model_dir, monke
     assert given["tensor_parallel_size"] == 2 and given["model"] == str(tiny_model_dir)
     with pytest.raises(QponderError, match="backend vllm runs in one process .here 2.*--tensor-parallel-size"):
         make_scorer(cfg, processes=2)
+    # the weights' dtype reaches vLLM and the resume record; a device vLLM cannot honour is refused, not ignored
+    given.clear()
+    cfg16 = EvalSettings(model=str(tiny_model_dir), backend="vllm", dtype="float16")
+    assert make_scorer(cfg16).backend == "vllm:float16" and given["dtype"] == "float16"
+    given.clear()
+    for device in ("cuda:3", "cpu"):
+        with pytest.raises(QponderError, match=f"device '{device}': vLLM runs on the GPUs it sees.*CUDA_VISIBLE_DEV"):
+            make_scorer(EvalSettings(model=str(tiny_model_dir), backend="vllm", device=device))
+    assert not given  # refused before vLLM started
+    monkeypatch.setattr("qponder.evaluate._vllm_usable", lambda: True)  # as on a GPU machine with vLLM
+    assert make_scorer(EvalSettings(model=str(tiny_model_dir), dtype="float16")).backend == "vllm:float16"
+    auto_cpu = make_scorer(EvalSettings(model=str(tiny_model_dir), device="cpu", dtype="float32"))
+    assert auto_cpu.backend == "hf:float32"  # auto with a device vLLM cannot honour takes HF

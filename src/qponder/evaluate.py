@@ -224,6 +224,9 @@ def consistency_reader(cfg: EvalSettings):
     return build_reader(cfg.consistency_reader, **params)
 
 
+VLLM_DEVICES = ("auto", "cuda", "cuda:0")  # what vLLM can honour: it places itself on the visible GPUs
+
+
 def make_scorer(cfg: EvalSettings, processes: int = 1, device: str | None = None):
     """HF generate by default; vLLM when asked for (or auto with vLLM installed and a GPU present), in one process:
     vLLM spreads a model over GPUs itself (``tensor_parallel_size``) and is not run once per sharding process."""
@@ -233,7 +236,8 @@ def make_scorer(cfg: EvalSettings, processes: int = 1, device: str | None = None
     adapter = (Path(cfg.model) / "adapter_config.json").exists() and not (Path(cfg.model) / "config.json").exists()
     if backend == "auto":
         # vLLM only for what it can do here: generated answers from a full checkpoint.
-        backend = "vllm" if processes == 1 and _vllm_usable() and cfg.readout == "generate" and not adapter else "hf"
+        backend = ("vllm" if processes == 1 and _vllm_usable() and cfg.readout == "generate" and not adapter
+                   and cfg.device in VLLM_DEVICES else "hf")
     if backend == "vllm" and processes > 1:
         raise QponderError(f"backend vllm runs in one process (here {processes}): start qponder eval without "
                            "accelerate launch / torchrun and give --tensor-parallel-size, or use --backend hf")
@@ -244,11 +248,15 @@ def make_scorer(cfg: EvalSettings, processes: int = 1, device: str | None = None
         if adapter:
             raise QponderError(f"{cfg.model}: a LoRA adapter folder; export a merged model (qponder sft --merge) "
                                "for the vLLM backend, or use --backend hf")
+        if cfg.device not in VLLM_DEVICES:
+            raise QponderError(f"device {cfg.device!r}: vLLM runs on the GPUs it sees, from the first; choose them with "
+                               "CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=3 for cuda:3) and leave device auto, "
+                               "or use --backend hf")
         from qponder.infer_vllm import VLLMScorer
 
         return VLLMScorer(cfg.model, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                           top_p=cfg.top_p, batch_size=max(cfg.batch_size, 64), seed=cfg.seed,
-                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, dtype=cfg.dtype,
                           tensor_parallel_size=cfg.tensor_parallel_size)
     if backend != "hf":
         raise QponderError(f"unknown backend {cfg.backend!r}; use auto, hf or vllm")

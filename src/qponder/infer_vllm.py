@@ -20,7 +20,7 @@ class VLLMScorer:
     def __init__(self, model_path: str, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                  batch_size: int = 64, seed: int = 0, min_pixels: Optional[int] = None,
                  max_pixels: Optional[int] = None, gpu_memory_utilization: float = 0.85,
-                 prompt: str = STUDENT_PROMPT, tensor_parallel_size: int = 1):
+                 prompt: str = STUDENT_PROMPT, tensor_parallel_size: int = 1, dtype: str = "auto"):
         try:
             from vllm import LLM
         except ImportError as e:
@@ -30,14 +30,15 @@ class VLLMScorer:
         mm_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
         self.llm = LLM(model=model_path, limit_mm_per_prompt={"image": 1}, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, mm_processor_kwargs=mm_kwargs or None,
-                       tensor_parallel_size=tensor_parallel_size)
+                       tensor_parallel_size=tensor_parallel_size, dtype=dtype)
         self.processor = load_processor(model_path)
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.batch_size, self.seed, self.prompt = batch_size, seed, prompt
         self.model_name = model_path
         # recorded with each prediction: a resumed file never mixes backends (nor tensor-parallel sizes, whose
-        # reductions run in another order)
-        self.backend = "vllm" if tensor_parallel_size == 1 else f"vllm:tp{tensor_parallel_size}"
+        # reductions run in another order, nor weight dtypes)
+        self.backend = ("vllm" + (f":tp{tensor_parallel_size}" if tensor_parallel_size != 1 else "")
+                        + (f":{dtype}" if dtype != "auto" else ""))
 
     def _prompt_text(self) -> str:
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
