@@ -250,8 +250,8 @@ def make_scorer(cfg: EvalSettings, processes: int = 1, device: str | None = None
                                "for the vLLM backend, or use --backend hf")
         if cfg.device not in VLLM_DEVICES:
             raise QponderError(f"device {cfg.device!r}: vLLM runs on the GPUs it sees, from the first; choose them "
-                               "with CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=3 for cuda:3) and leave device auto, "
-                               "or use --backend hf")
+                               "with CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=3 for cuda:3) and leave device "
+                               "auto, or use --backend hf")
         from qponder.infer_vllm import VLLMScorer
 
         return VLLMScorer(cfg.model, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
