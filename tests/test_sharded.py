@@ -211,6 +211,13 @@ def test_vllm_gets_tensor_parallel_size_and_is_not_sharded(tiny_model_dir, monke
     given.clear()
     cfg16 = EvalSettings(model=str(tiny_model_dir), backend="vllm", dtype="float16")
     assert make_scorer(cfg16).backend == "vllm:float16" and given["dtype"] == "float16"
+    assert given["gpu_memory_utilization"] == 0.85
+    # a levels reader loads a second model onto the first GPU after scoring: vLLM leaves room for it
+    make_scorer(EvalSettings(model=str(tiny_model_dir), backend="vllm", consistency_reader="levels",
+                             consistency_model=str(tiny_model_dir)))
+    assert given["gpu_memory_utilization"] == 0.5
+    make_scorer(EvalSettings(model=str(tiny_model_dir), backend="vllm", gpu_memory_utilization=0.7))
+    assert given["gpu_memory_utilization"] == 0.7
     given.clear()
     for device in ("cuda:3", "cpu"):
         with pytest.raises(QponderError, match=f"device '{device}': vLLM runs on the GPUs it sees.*CUDA_VISIBLE_DEV"):

@@ -55,6 +55,9 @@ class EvalSettings:
     seed: int = 0
     backend: str = "auto"  # auto (vLLM when installed and a GPU is present; hf under several processes) | hf | vllm
     tensor_parallel_size: int = 1  # vLLM: GPUs one model is split over (passed to vllm.LLM)
+    # vLLM: the share of each GPU it takes (vllm.LLM's gpu_memory_utilization). None: 0.85, or 0.5 when a levels
+    # reader loads a second model onto the first GPU for the consistency metrics (a 7B reader needs ~17 GB more)
+    gpu_memory_utilization: Optional[float] = None
     judge_url: Optional[str] = None  # OpenAI-compatible judge for description quality
     judge_model: str = "judge"
     judge_api_key_env: Optional[str] = None
@@ -257,7 +260,9 @@ def make_scorer(cfg: EvalSettings, processes: int = 1, device: str | None = None
         return VLLMScorer(cfg.model, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                           top_p=cfg.top_p, batch_size=max(cfg.batch_size, 64), seed=cfg.seed,
                           min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, dtype=cfg.dtype,
-                          tensor_parallel_size=cfg.tensor_parallel_size)
+                          tensor_parallel_size=cfg.tensor_parallel_size,
+                          gpu_memory_utilization=cfg.gpu_memory_utilization or (
+                              0.5 if cfg.consistency_reader == "levels" else 0.85))
     if backend != "hf":
         raise QponderError(f"unknown backend {cfg.backend!r}; use auto, hf or vllm")
     return QualityScorer(cfg.model, device=device or cfg.device, dtype=cfg.dtype, max_new_tokens=cfg.max_new_tokens,
