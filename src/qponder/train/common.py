@@ -209,7 +209,7 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
         return None
     steps = sorted((int(p.name.split("-", 1)[1]), p) for p in d.glob("checkpoint-*")
                    if p.is_dir() and p.name.split("-", 1)[1].isdigit())
-    for step, p in reversed(steps):
+    for _, p in reversed(steps):
         if (p / "trainer_state.json").is_file():
             return str(p)
         log.warning("%s: no trainer_state.json (a save cut short); resuming from an earlier checkpoint", p)
