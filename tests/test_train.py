@@ -263,29 +263,33 @@ def test_two_process_cpu_grpo(sft_trained, data_file, tmp_path):
 DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / ".venv" / "deepspeed"  # `make install` puts it there
 
 
-def test_two_process_cpu_zero3_grpo_with_the_levels_reader(sft_trained, data_file, tmp_path):
-    """DeepSpeed ZeRO-3 partitions every model transformers builds while it is active, so a reader model loaded in
-    a reward call got placeholder weights ("'weight' must be 2-D"). It is now loaded whole on each rank, with one
-    warning; ZeRO-3's 16-bit save gathers the trained weights into final/."""
-    assert (DEEPSPEED_DIR / "deepspeed").is_dir(), f"{DEEPSPEED_DIR}: DeepSpeed for this test is missing; run make install"
-    out = tmp_path / "zero3"
-    reader = sft_trained[0] / "final"
+def _run_zero3(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """``qponder ARGS`` in two CPU processes under DeepSpeed ZeRO-3 (16-bit save), with make install's DeepSpeed."""
+    assert (DEEPSPEED_DIR / "deepspeed").is_dir(), f"{DEEPSPEED_DIR}: DeepSpeed for this test is missing; make install"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", "3",
            "--zero3_init_flag", "true", "--zero3_save_16bit_model", "true", "--num_processes", "2",
            "--num_machines", "1", "--gradient_accumulation_steps", "1", "--gradient_clipping", "1.0",
            "--offload_optimizer_device", "none", "--offload_param_device", "none", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "qponder", "grpo",
-           "--model", str(reader), "--data", str(data_file), "--output-dir", str(out), "--max-steps", "2",
-           "--set", "optim.batch_size=4", "--set", "generation.num_generations=4",
-           "--set", "generation.max_completion_length=64", "--set", "run.logging_steps=1",
-           "--set", "model.dtype=float32", "--set", "log_completions_every=0",
-           "--set", f"rewards=[{{name: format, weight: 1.0}}, {{name: consistency, weight: 1.0, "
-                    f"params: {{reader: levels, model: {reader}}}}}]"]
+           "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "qponder", *args]
     env = _env()
     env.pop("RANK", None)
     env["PYTHONPATH"] = f"{env['PYTHONPATH']}{os.pathsep}{DEEPSPEED_DIR}"
     env["PATH"] = f"{DEEPSPEED_DIR / 'bin'}{os.pathsep}{env['PATH']}"  # ninja, for DeepSpeed's CPU op build
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_process_cpu_zero3_grpo_with_the_levels_reader(sft_trained, data_file, tmp_path):
+    """DeepSpeed ZeRO-3 partitions every model transformers builds while it is active, so a reader model loaded in
+    a reward call got placeholder weights ("'weight' must be 2-D"). It is now loaded whole on each rank, with one
+    warning; ZeRO-3's 16-bit save gathers the trained weights into final/."""
+    out = tmp_path / "zero3"
+    reader = sft_trained[0] / "final"
+    done = _run_zero3(["grpo", "--model", str(reader), "--data", str(data_file), "--output-dir", str(out),
+                       "--max-steps", "2", "--set", "optim.batch_size=4", "--set", "generation.num_generations=4",
+                       "--set", "generation.max_completion_length=64", "--set", "run.logging_steps=1",
+                       "--set", "model.dtype=float32", "--set", "log_completions_every=0",
+                       "--set", f"rewards=[{{name: format, weight: 1.0}}, {{name: consistency, weight: 1.0, "
+                                f"params: {{reader: levels, model: {reader}}}}}]"], timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "GRPO done: 2 steps" in done.stdout
     assert done.stderr.count("levels reader: DeepSpeed ZeRO-3 is active") == 2  # once per rank
@@ -296,26 +300,15 @@ def test_two_process_cpu_zero3_grpo_with_the_levels_reader(sft_trained, data_fil
     assert list((out / "final").glob("*.safetensors")), "ZeRO-3 saved no weights to final/"
 
 
-
 def test_two_process_cpu_zero3_lora_sft_saves_a_merged_model(tiny_model_dir, data_file, tmp_path):
     """LoRA under ZeRO-3: the merged model is built by rank 0 alone from the saved adapter while the others wait;
     with ZeRO-3 still active transformers would build it inside zero.Init, whose collectives the waiting ranks never
     join (a hang until the process group's timeout). It is loaded whole, and the merged model equals the adapter."""
-    assert (DEEPSPEED_DIR / "deepspeed").is_dir(), f"{DEEPSPEED_DIR}: DeepSpeed for this test is missing; make install"
     out = tmp_path / "zero3-lora"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", "3",
-           "--zero3_init_flag", "true", "--zero3_save_16bit_model", "true", "--num_processes", "2",
-           "--num_machines", "1", "--gradient_accumulation_steps", "1", "--gradient_clipping", "1.0",
-           "--offload_optimizer_device", "none", "--offload_param_device", "none", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "qponder", "sft",
-           "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(out), "--max-steps", "2",
-           "--set", "optim.batch_size=2", "--set", "optim.learning_rate=5e-3", "--set", "model.dtype=float32",
-           "--set", "model.lora.enabled=true", "--set", "model.lora.r=4", "--set", "run.logging_steps=1"]
-    env = _env()
-    env.pop("RANK", None)
-    env["PYTHONPATH"] = f"{env['PYTHONPATH']}{os.pathsep}{DEEPSPEED_DIR}"
-    env["PATH"] = f"{DEEPSPEED_DIR / 'bin'}{os.pathsep}{env['PATH']}"
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    done = _run_zero3(["sft", "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(out),
+                       "--max-steps", "2", "--set", "optim.batch_size=2", "--set", "optim.learning_rate=5e-3",
+                       "--set", "model.dtype=float32", "--set", "model.lora.enabled=true", "--set", "model.lora.r=4",
+                       "--set", "run.logging_steps=1"], timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "final" / "adapter_config.json").exists() and (out / "merged" / "config.json").exists()
     from qponder.models import load_model_and_processor
